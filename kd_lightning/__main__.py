@@ -1,0 +1,3 @@
+from kd_lightning.cli import main
+
+main()

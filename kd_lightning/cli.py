@@ -1,0 +1,142 @@
+"""`kd-lightning fit|validate|test --config A.yaml [--config B.yaml] [--dotted.key=value ...]`.
+
+A LightningCLI whose model is chosen by `model.class_path` (TeacherModule or StudentModule) and whose data by
+`data.class_path`. On top of Lightning's CLI it:
+  - links `model.num_classes` from the datamodule;
+  - always adds a ModelCheckpoint (best by `val/acc` plus last, in `<default_root_dir>/checkpoints/`) and the
+    results.json writer;
+  - points W&B at the run directory and makes it offline unless credentials are configured;
+  - after `fit`, tests the last-epoch and best-epoch weights and writes results.json;
+  - turns errors a user can cause into one message and exit code 1 (`KD_LIGHTNING_DEBUG=1` shows tracebacks).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from kd_lightning.callbacks import ResultsWriter
+from kd_lightning.errors import report_user_errors
+
+DEFAULT_RUN_DIR = "runs/default"
+
+
+def wandb_credentials_configured() -> bool:
+    """True when W&B could upload: an API key in the environment or a `wandb login` entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+class SaveConfigToRun(SaveConfigCallback):
+    """Saves the resolved config to the run directory (overwriting on re-runs) and into the W&B run config."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
+
+
+class KDLightningCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_callback", SaveConfigToRun)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        kwargs.setdefault("trainer_defaults", {"default_root_dir": DEFAULT_RUN_DIR})
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc",
+            "checkpoint.mode": "max",
+            "checkpoint.filename": "best",
+            "checkpoint.save_last": True,
+            "checkpoint.save_top_k": 1,
+            "checkpoint.save_on_train_epoch_end": True,
+            "checkpoint.enable_version_counter": False,
+            "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.link_arguments(
+            "trainer.default_root_dir", "checkpoint.dirpath", compute_fn=lambda root: str(Path(root) / "checkpoints")
+        )
+        parser.add_lightning_class_args(ResultsWriter, "results")
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True,
+            help="after fit, test the last-epoch and best-epoch weights and record both in results.json",
+        )
+
+    # --- W&B: offline unless configured, files inside the run directory --------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        root = config.trainer.default_root_dir or DEFAULT_RUN_DIR
+        loggers = config.trainer.logger
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            class_path = getattr(logger, "class_path", "") or ""
+            if class_path.endswith("WandbLogger"):
+                if "WANDB_MODE" not in os.environ and not wandb_credentials_configured():
+                    os.environ["WANDB_MODE"] = "offline"
+                if logger.init_args.get("save_dir") in (None, "."):
+                    logger.init_args.save_dir = root
+                Path(root).mkdir(parents=True, exist_ok=True)
+
+    # --- after fit: test last and best weights, write results.json -------------------------------------------------
+    def _results_writer(self) -> Optional[ResultsWriter]:
+        return next((cb for cb in self.trainer.callbacks if isinstance(cb, ResultsWriter)), None)
+
+    def before_fit(self) -> None:
+        writer = self._results_writer()
+        if writer is None:
+            return
+        self._dump_config()  # Lightning's resolved dump of this subcommand's config (links applied)
+        dumped = json.dumps(self.config_dump, sort_keys=True, default=str)
+        writer.extra.update({
+            "seed": self.config_dump.get("seed_everything"),
+            "config_digest": hashlib.sha256(dumped.encode()).hexdigest()[:16],
+            "config": json.loads(dumped),
+        })
+
+    def after_fit(self) -> None:
+        writer = self._results_writer()
+        if writer is None:
+            return
+        teacher_acc = getattr(self.model, "teacher_val_acc_value", None)
+        if teacher_acc is not None:
+            writer.extra["teacher_val_acc"] = teacher_acc
+        checkpoint = self.trainer.checkpoint_callback
+        # Read before testing: trainer.test re-runs callback setup.
+        writer.extra["checkpoints"] = {
+            "best": getattr(checkpoint, "best_model_path", "") or None,
+            "last": getattr(checkpoint, "last_model_path", "") or None,
+        }
+        tests: dict[str, dict] = {}
+        if self.config[self.subcommand].test_after_fit and not self.trainer.interrupted:
+            tests["last"] = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)[0]
+            best = writer.extra["checkpoints"]["best"]
+            if best and Path(best).is_file():
+                tests["best"] = self.trainer.test(
+                    self.model, datamodule=self.datamodule, ckpt_path=best, weights_only=True, verbose=False
+                )[0]
+        writer.finalize(self.trainer, self.model, tests)
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    with report_user_errors():
+        KDLightningCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

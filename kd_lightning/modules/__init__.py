@@ -1,0 +1,6 @@
+"""LightningModules: the contrastive teacher and the distilled student."""
+from kd_lightning.modules.base import ClassifierModule, NonFiniteLossError
+from kd_lightning.modules.student import StudentModule
+from kd_lightning.modules.teacher import TeacherModule
+
+__all__ = ["ClassifierModule", "NonFiniteLossError", "StudentModule", "TeacherModule"]

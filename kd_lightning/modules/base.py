@@ -1,0 +1,124 @@
+"""What the teacher and the student share: a backbone, SGD with step decay, and the evaluation metrics."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from kd_lightning.models import create_model
+from kd_lightning.modules.geometry import EmbeddingGeometry
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN or inf; the message names the step and the loss part."""
+
+
+class ClassifierModule(pl.LightningModule):
+    """Backbone + optimiser + metrics (`val/acc`, `val/acc_top5`, `val/loss`, `test/*`, geometry on test).
+
+    Args:
+        backbone: a name from `kd_lightning.models.MODEL_NAMES`.
+        num_classes: linked from the datamodule by the CLI.
+        lr: SGD learning rate at a global batch of `data.batch_size` (METHOD.md 6: 0.05; 0.01 for
+            MobileNetV2 / ShuffleNet).
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay on every parameter (as the CRD recipe does).
+        lr_milestones: epochs at which the learning rate is multiplied by `lr_decay`.
+        lr_decay: the multiplicative step.
+        check_finite: stop at the first non-finite loss, naming the step and the part (costs one host sync a step).
+    """
+
+    train_views: int = 1
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int = 100,
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_milestones: list[int] = [150, 180, 210],
+        lr_decay: float = 0.1,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"model.lr must be > 0, got {lr}")
+        self.backbone = create_model(backbone, num_classes=num_classes)
+        self.num_classes = num_classes
+        self.check_finite = check_finite
+        self._optim = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self._schedule = dict(milestones=list(lr_milestones), gamma=lr_decay)
+        metric = lambda k: MulticlassAccuracy(num_classes=num_classes, top_k=k, average="micro")  # noqa: E731
+        self.val_acc, self.val_acc_top5 = metric(1), metric(min(5, num_classes))
+        self.test_acc, self.test_acc_top5 = metric(1), metric(min(5, num_classes))
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.test_geometry = EmbeddingGeometry(num_classes, self.embedding_dim)
+
+    # --- network ---------------------------------------------------------------------------------------------------
+    @property
+    def embedding_dim(self) -> int:
+        return self.backbone.num_features
+
+    def pooled_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+        return pooled, self.backbone.get_classifier()(pooled)
+
+    def embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised embedding whose geometry is measured (and, for the teacher, contrasted)."""
+        return F.normalize(pooled.float(), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    # --- training helpers ------------------------------------------------------------------------------------------
+    def log_train_parts(self, parts: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Logs `train/<name>` per epoch (mean over steps); checks finiteness first if asked."""
+        if self.check_finite:
+            for name, value in parts.items():
+                if not bool(torch.isfinite(value)):
+                    raise NonFiniteLossError(
+                        f"non-finite {name} ({value.item()}) at global step {self.global_step} "
+                        f"(epoch {self.current_epoch}); the last good checkpoint is kept in the run's checkpoints/ "
+                        "folder. Lower model.lr or check the data."
+                    )
+        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, on_step=False, on_epoch=True,
+                      batch_size=batch_size, sync_dist=True)
+
+    # --- evaluation ------------------------------------------------------------------------------------------------
+    def _evaluate(self, batch: Any, stage: str) -> None:
+        images, labels, _ = batch
+        pooled, logits = self.pooled_and_logits(images)
+        loss = F.cross_entropy(logits.float(), labels, reduction="none")
+        acc, acc5, mean_loss = (getattr(self, f"{stage}_{m}") for m in ("acc", "acc_top5", "loss"))
+        acc.update(logits, labels)
+        acc5.update(logits, labels)
+        mean_loss.update(loss)
+        log = dict(on_step=False, on_epoch=True)
+        self.log(f"{stage}/acc", acc, **log)
+        self.log(f"{stage}/acc_top5", acc5, **log)
+        self.log(f"{stage}/loss", mean_loss, **log)
+        if stage == "test":
+            self.test_geometry.update(self.embed(pooled), labels)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        geometry = self.test_geometry.compute()
+        self.log_dict({f"test/{k}": v for k, v in geometry.items()}, sync_dist=False)
+        self.test_geometry.reset()
+
+    # --- optimisation ----------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, **self._optim)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, **self._schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
