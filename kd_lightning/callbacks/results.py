@@ -87,6 +87,7 @@ class ResultsWriter(pl.Callback):
             "status": status,
             "stage": type(pl_module).__name__,
             "backbone": pl_module.hparams.get("backbone"),
+            "num_classes": getattr(pl_module, "num_classes", None),
             "epochs": len(self.history),
             "best_epoch": self.history[best]["epoch"] if best is not None else None,
             "best": dict(self.history[best]) if best is not None else {},

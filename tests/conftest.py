@@ -1,0 +1,62 @@
+"""Shared test helpers: run `kd-lightning` as a subprocess on a tiny synthetic set."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny synthetic set and tiny backbones: a fit takes seconds on 2 CPU cores.
+TINY_DATA = [
+    "--data=kd_lightning.data.SyntheticDataModule",
+    "--data.num_classes=5",
+    "--data.train_size=128",
+    "--data.val_size=64",
+    "--data.test_size=64",
+    "--data.image_size=16",
+    "--data.batch_size=32",
+    "--data.num_workers=0",
+]
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false"]
+
+
+def teacher_args(run_dir: Path, *extra: str, epochs: int = 2) -> list[str]:
+    return ["fit", *TINY_DATA, "--model=kd_lightning.modules.TeacherModule", "--model.backbone=resnet8",
+            "--model.memory_size=8", f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={run_dir}",
+            *QUIET, *extra]
+
+
+def student_args(run_dir: Path, teacher_ckpt: Path | str | None, *extra: str, epochs: int = 2) -> list[str]:
+    teacher = [f"--model.teacher_checkpoint={teacher_ckpt}"] if teacher_ckpt else []
+    return ["fit", *TINY_DATA, "--model=kd_lightning.modules.StudentModule", "--model.backbone=resnet8",
+            *teacher, f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={run_dir}", *QUIET, *extra]
+
+
+def run_cli(args: list[str], check: bool = True, timeout: float = 300, env: dict | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs `python -m kd_lightning ARGS` offline; returns the completed process (stdout/stderr captured)."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("KD_LIGHTNING_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "kd_lightning", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=cwd or ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kd-lightning {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory) -> Path:
+    """A tiny teacher trained once per test session; returns its run directory."""
+    run_dir = tmp_path_factory.mktemp("teacher")
+    run_cli(teacher_args(run_dir))
+    return run_dir
