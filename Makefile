@@ -29,3 +29,7 @@ test: install ## Run the test suite
 
 clean: ## Remove run outputs (runs/, results/); keeps .venv
 	rm -rf runs results lightning_logs wandb
+
+include make/tables.mk
+
+include make/bench.mk

@@ -7,7 +7,9 @@ A LightningCLI whose model is chosen by `model.class_path` (TeacherModule or Stu
     results.json writer;
   - points W&B at the run directory and makes it offline unless credentials are configured;
   - after `fit`, tests the last-epoch and best-epoch weights and writes results.json;
-  - turns errors a user can cause into one message and exit code 1 (`KD_LIGHTNING_DEBUG=1` shows tracebacks).
+  - turns errors a user can cause into one message and exit code 1 (`KD_LIGHTNING_DEBUG=1` shows tracebacks);
+  - loads every checkpoint weights-only (`--weights_only` defaults to true) and checks a `--ckpt_path` file first;
+  - resumes exactly: `last.ckpt` is written every epoch and checkpoints carry the random states (RNGState).
 """
 from __future__ import annotations
 
@@ -19,13 +21,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from kd_lightning.callbacks import ResultsWriter
+from kd_lightning.callbacks import ResultsWriter, RNGState, RunCheckpoint
 from kd_lightning.errors import report_user_errors
+from kd_lightning.utils.checkpoint import CheckpointError, load_checkpoint_file
 
 DEFAULT_RUN_DIR = "runs/default"
+PROG = "kd-lightning"
+# jsonargparse prints the usage line before a parse error; the full one lists ~150 options and buries the error.
+SHORT_USAGE = "%(prog)s [-h] [-c CONFIG.yaml ...] [--print_config] [--dotted.key=value ...]"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# ckpt_path values Lightning resolves itself (no file to check here, or none yet).
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 def wandb_credentials_configured() -> bool:
@@ -53,12 +61,17 @@ class KDLightningCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
-        kwargs.setdefault("trainer_defaults", {"default_root_dir": DEFAULT_RUN_DIR})
+        kwargs.setdefault("parser_kwargs", {
+            "default_env": False, "prog": PROG, **{name: {"usage": SHORT_USAGE} for name in SUBCOMMANDS},
+        })
+        defaults = dict(kwargs.get("trainer_defaults") or {"default_root_dir": DEFAULT_RUN_DIR})
+        extra = defaults.get("callbacks") or []
+        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RNGState()]
+        kwargs["trainer_defaults"] = defaults
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc",
             "checkpoint.mode": "max",
@@ -96,6 +109,49 @@ class KDLightningCLI(LightningCLI):
     # --- after fit: test last and best weights, write results.json -------------------------------------------------
     def _results_writer(self) -> Optional[ResultsWriter]:
         return next((cb for cb in self.trainer.callbacks if isinstance(cb, ResultsWriter)), None)
+
+    # --- checkpoint files given on the command line: weights only, checked before anything reads them ----------
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the hyperparameters of an explicit --ckpt_path right after parsing: check the file first.
+        self._ckpt_file: Optional[Path] = None
+        if self.config.get("subcommand"):
+            self._guard_ckpt_path(self.config[self.config.subcommand])
+        super()._parse_ckpt_path()
+
+    def _guard_ckpt_path(self, config: Any) -> None:
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True  # torch's default since 2.6, made explicit: no code runs from a checkpoint
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
+            return
+        if ckpt_path == "last":
+            # What Lightning will resume from; when there is none it warns and starts from scratch.
+            root = config.get("trainer.default_root_dir") or DEFAULT_RUN_DIR
+            dirpath = config.get("checkpoint.dirpath") or Path(root) / "checkpoints"
+            path = Path(dirpath) / "last.ckpt"
+            if not path.is_file():
+                return
+        elif str(ckpt_path) in SPECIAL_CKPT_PATHS or "://" in str(ckpt_path):
+            return
+        else:
+            path = Path(ckpt_path)
+        hint = "pass --ckpt_path=last (with the run's trainer.default_root_dir) or the path of a .ckpt it wrote"
+        load_checkpoint_file(path, "--ckpt_path checkpoint", hint, mmap=True)
+        self._ckpt_file = path
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except RuntimeError as err:
+            # A checkpoint from another model or config (e.g. another backbone or memory_size): one line, not
+            # Lightning's traceback through load_state_dict.
+            if self._ckpt_file is None or "Error(s) in loading state_dict" not in str(err):
+                raise
+            detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3])
+            raise CheckpointError(
+                f"checkpoint {self._ckpt_file} does not fit this model ({detail}); it was written by a run with "
+                f"another model config: use that run's config.yaml (next to its checkpoints/ folder)"
+            ) from None
 
     def before_fit(self) -> None:
         writer = self._results_writer()

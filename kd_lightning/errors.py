@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from typing import Iterator
 
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
 from kd_lightning.modules.base import NonFiniteLossError
 from kd_lightning.modules.frozen_teacher import TeacherCheckpointError
+from kd_lightning.utils.checkpoint import CheckpointError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    FileNotFoundError, NotADirectoryError, ValueError, TeacherCheckpointError, NonFiniteLossError,
+    FileNotFoundError, NotADirectoryError, ValueError, CheckpointError, TeacherCheckpointError, NonFiniteLossError,
 )
 
 
@@ -33,6 +37,13 @@ def _root_cause(err: BaseException) -> BaseException:
 def report_user_errors() -> Iterator[None]:
     try:
         yield
+    except SIGTERMException:
+        # Lightning stops at the next batch and raises this SystemExit, whose exit code would be 0 ("success").
+        if os.environ.get("KD_LIGHTNING_DEBUG"):
+            raise
+        sys.stderr.write("kd-lightning: interrupted by SIGTERM; the checkpoints written so far are kept: rerun the "
+                         "same command with --ckpt_path last to continue\n")
+        sys.exit(128 + signal.SIGTERM)
     except USER_ERRORS as err:
         if os.environ.get("KD_LIGHTNING_DEBUG"):
             raise

@@ -2,7 +2,9 @@
 
 Recorded per validation epoch (history), then finalised after fit with the test metrics of the last-epoch and the
 best-epoch weights (best = highest `val/acc`). Written atomically, on global rank zero only, and rewritten after
-every epoch with `"status": "running"`, so an interrupted run still says how far it got.
+every epoch with `"status": "running"`, so an interrupted run still says how far it got. A run stopped by an error
+(a non-finite loss) or a signal it can catch (Ctrl-C, SIGTERM) records `"status": "failed"` or `"interrupted"` and
+the message; a run killed outright (SIGKILL, power loss) leaves the last complete file, still `"running"`.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from kd_lightning.utils.atomic import atomic_write_json
 
@@ -68,6 +71,12 @@ class ResultsWriter(pl.Callback):
         else:
             self.history.append({"epoch": trainer.current_epoch, **train})
         self.write(trainer, pl_module, status="running")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        status = "interrupted" if interrupted else "failed"
+        self.extra["error"] = f"{type(exception).__name__}: {exception}".rstrip(": ")
+        self.write(trainer, pl_module, status=status)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}

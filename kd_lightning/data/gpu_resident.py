@@ -76,14 +76,27 @@ class GPUResidentMixin:
         if not self.gpu_resident:
             return super().train_dataloader()  # type: ignore[misc]
         assert self._bank is not None, "setup('fit') was not called"
+        # [fast path] The module may run K optimizer steps per batch (kd_lightning/fast): hand over K steps' worth of
+        # indices (the same shuffled order), keeping a last partial group, of which the module drops only the
+        # incomplete step, as drop_last does for one.
+        steps = self.train_steps_per_batch
         # Indices are produced in the main process: worker processes would only add latency here.
         return DataLoader(
             IndexDataset(len(self._bank)),
-            batch_size=self.per_device_batch(self.batch_size),  # type: ignore[attr-defined]
+            batch_size=self.per_device_batch(self.batch_size) * steps,  # type: ignore[attr-defined]
             shuffle=True,
-            drop_last=True,
+            drop_last=steps == 1,
             num_workers=0,
+            # A host-to-device copy from pageable memory can wait for the queued GPU work; pinned copies never do.
+            pin_memory=self.pin_memory and torch.cuda.is_available(),  # type: ignore[attr-defined]
         )
+
+    @property
+    def train_steps_per_batch(self) -> int:
+        """[fast path] Optimizer steps per training batch: the LightningModule's `train_steps_per_batch`, else 1."""
+        trainer = getattr(self, "trainer", None)
+        module = trainer.lightning_module if trainer is not None else None
+        return int(getattr(module, "train_steps_per_batch", 1)) if module is not None else 1
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Only the resident train loader yields a bare index tensor; eval batches are (images, labels, ids) tuples.

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from kd_lightning.fast import CompileMode, FastPathMixin
 from kd_lightning.models import create_model
 from kd_lightning.modules.geometry import EmbeddingGeometry
 
@@ -17,7 +18,7 @@ class NonFiniteLossError(RuntimeError):
     """Training produced NaN or inf; the message names the step and the loss part."""
 
 
-class ClassifierModule(pl.LightningModule):
+class ClassifierModule(FastPathMixin, pl.LightningModule):
     """Backbone + optimiser + metrics (`val/acc`, `val/acc_top5`, `val/loss`, `test/*`, geometry on test).
 
     Args:
@@ -29,7 +30,14 @@ class ClassifierModule(pl.LightningModule):
         weight_decay: L2 weight decay on every parameter (as the CRD recipe does).
         lr_milestones: epochs at which the learning rate is multiplied by `lr_decay`.
         lr_decay: the multiplicative step.
-        check_finite: stop at the first non-finite loss, naming the step and the part (costs one host sync a step).
+        check_finite: stop at the first non-finite loss, naming the step and the part (costs one host sync a step;
+            on the fast path the check is asynchronous and stops within one training batch).
+        fast: the fast path (kd_lightning/fast, docs/speed.md): same recipe, manual optimization with the whole
+            step (forward, loss, backward, fused SGD update, memory enqueue) in one CUDA graph on a GPU, metrics
+            summed on the device and logged once per epoch. Single process only.
+        compile: fast path: torch.compile the step's loss with this mode (null: no compile).
+        cuda_graph: fast path: capture the whole step in one CUDA graph (GPU only).
+        steps_per_batch: fast path: optimizer steps per training batch (needs data.gpu_resident=true when > 1).
     """
 
     train_views: int = 1
@@ -44,10 +52,15 @@ class ClassifierModule(pl.LightningModule):
         lr_milestones: list[int] = [150, 180, 210],
         lr_decay: float = 0.1,
         check_finite: bool = True,
+        fast: bool = False,
+        compile: Optional[CompileMode] = None,
+        cuda_graph: bool = True,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"model.lr must be > 0, got {lr}")
+        self.init_fast_path(fast, compile, cuda_graph, steps_per_batch)  # [fast path] switch; off by default
         self.backbone = create_model(backbone, num_classes=num_classes)
         self.num_classes = num_classes
         self.check_finite = check_finite
@@ -79,15 +92,28 @@ class ClassifierModule(pl.LightningModule):
     def log_train_parts(self, parts: dict[str, torch.Tensor], batch_size: int) -> None:
         """Logs `train/<name>` per epoch (mean over steps); checks finiteness first if asked."""
         if self.check_finite:
-            for name, value in parts.items():
-                if not bool(torch.isfinite(value)):
-                    raise NonFiniteLossError(
-                        f"non-finite {name} ({value.item()}) at global step {self.global_step} "
-                        f"(epoch {self.current_epoch}); the last good checkpoint is kept in the run's checkpoints/ "
-                        "folder. Lower model.lr or check the data."
-                    )
+            # One host sync for all parts; names only on failure.
+            finite = torch.stack([torch.isfinite(v.detach()).all() for v in parts.values()]).all()
+            if not bool(finite):
+                raise NonFiniteLossError(self._non_finite_message(parts))
         self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, on_step=False, on_epoch=True,
                       batch_size=batch_size, sync_dist=True)
+
+    def _non_finite_message(self, parts: dict[str, torch.Tensor]) -> str:
+        # The parts come before the total: the total is non-finite whenever a part is, so it says least.
+        bad = [(k, v) for k, v in parts.items() if not bool(torch.isfinite(v.detach()).all())]
+        bad.sort(key=lambda kv: kv[0] == "loss")
+        values = ", ".join(f"train/{k}={v.detach().float().flatten()[0].item()}" for k, v in bad)
+        trainer = self._trainer
+        checkpoint = getattr(trainer, "checkpoint_callback", None) if trainer is not None else None
+        last = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
+        kept = (f"the last good checkpoint is kept: {last} (resume from it with --ckpt_path last once fixed)"
+                if last else "no checkpoint had been written yet")
+        batch = f", batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1}" if trainer else ""
+        return (
+            f"non-finite {bad[0][0]} at global step {self.global_step} (epoch {self.current_epoch}{batch}): {values}. "
+            f"Training stopped; {kept}. Lower model.lr, or check the data and the loss weights."
+        )
 
     # --- evaluation ------------------------------------------------------------------------------------------------
     def _evaluate(self, batch: Any, stage: str) -> None:
@@ -119,6 +145,6 @@ class ClassifierModule(pl.LightningModule):
     # --- optimisation ----------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, **self._optim)
+        optimizer = self.make_sgd(params, **self._optim)  # [fast path] torch's SGD, or InStepSGD when fast
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, **self._schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -5,8 +5,6 @@ The file is read with `weights_only=True`, so a crafted checkpoint cannot run co
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -15,9 +13,10 @@ from torch import nn
 
 from kd_lightning.models import MODEL_NAMES, create_model
 from kd_lightning.modules.teacher import CHECKPOINT_KEY
+from kd_lightning.utils.checkpoint import CheckpointError, load_checkpoint_file
 
 
-class TeacherCheckpointError(ValueError):
+class TeacherCheckpointError(CheckpointError):
     """The teacher checkpoint is missing, unreadable, or does not fit the student's data."""
 
 
@@ -42,20 +41,7 @@ class FrozenTeacher(nn.Module):
 
 def _read(path: Path) -> dict:
     hint = "pass the path of a teacher's .ckpt file, e.g. runs/<teacher run>/checkpoints/last.ckpt"
-    if not path.is_file():
-        raise TeacherCheckpointError(f"teacher checkpoint not found: {path}; {hint}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise TeacherCheckpointError(
-            f"refusing to load {path}: it is not a plain checkpoint (weights_only load failed: "
-            f"{str(err).splitlines()[0]}); only checkpoints written by kd-lightning are accepted"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise TeacherCheckpointError(
-            f"cannot read teacher checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0]}); "
-            f"the file is truncated or not a checkpoint; {hint}"
-        ) from None
+    checkpoint = load_checkpoint_file(path, "teacher checkpoint", hint, error=TeacherCheckpointError)
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise TeacherCheckpointError(
             f"{path} is not a kd-lightning teacher checkpoint (no '{CHECKPOINT_KEY}' entry); "
@@ -64,13 +50,33 @@ def _read(path: Path) -> dict:
     return checkpoint
 
 
+def _mismatch(teacher: nn.Module, state: dict) -> str:
+    """What differs between the network a checkpoint records and the weights it holds, in a few words."""
+    own = teacher.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} is {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in the network"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} tensors differ in shape (e.g. {shapes[0]})")
+    if missing:
+        parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[0]})")
+    return "; ".join(parts) or "the weights do not fit"
+
+
 def load_frozen_teacher(path: str | Path, num_classes: Optional[int] = None) -> FrozenTeacher:
     """Loads the teacher saved at `path`; `num_classes` (the student's data) must match the teacher's."""
     path = Path(path)
     checkpoint = _read(path)
     spec = checkpoint[CHECKPOINT_KEY]
     if spec.get("backbone") not in MODEL_NAMES:
-        raise TeacherCheckpointError(f"{path} records an unknown backbone {spec.get('backbone')!r}")
+        raise TeacherCheckpointError(
+            f"teacher checkpoint {path} records an unknown backbone {spec.get('backbone')!r} (known: "
+            f"{', '.join(MODEL_NAMES)}); the file was edited or written by another version of kd-lightning"
+        )
     if num_classes is not None and spec["num_classes"] != num_classes:
         raise TeacherCheckpointError(
             f"teacher checkpoint {path} was trained on {spec['num_classes']} classes but the data has {num_classes}; "
@@ -81,10 +87,11 @@ def load_frozen_teacher(path: str | Path, num_classes: Optional[int] = None) -> 
     state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefixes)}
     try:
         teacher.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+    except RuntimeError:
         raise TeacherCheckpointError(
-            f"teacher checkpoint {path} does not match the architecture it records ({spec['backbone']}): "
-            f"{str(err).splitlines()[0]} ...; the file was edited or written by another program"
+            f"teacher checkpoint {path} records backbone {spec['backbone']!r} but its weights are not that "
+            f"network's: {_mismatch(teacher, state)}; the file was edited or written by another program; "
+            "retrain the teacher or pass its original checkpoint"
         ) from None
     teacher.requires_grad_(False)
     return teacher.eval()

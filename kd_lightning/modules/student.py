@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from kd_lightning.distillation import KDLoss, RKDLoss
+from kd_lightning.fast import CompileMode
 from kd_lightning.modules.base import ClassifierModule
 from kd_lightning.modules.frozen_teacher import FrozenTeacher, load_frozen_teacher
+from kd_lightning.objectives.distributed import gather_batch
 
 
 class StudentModule(ClassifierModule):
@@ -29,6 +31,9 @@ class StudentModule(ClassifierModule):
         rkd_distance_weight: RKD distance term weight (25 in "Ours+RKD"; 0 disables).
         rkd_angle_weight: RKD angle term weight (50 in "Ours+RKD"; 0 disables).
         lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite: see ClassifierModule.
+        gather_distributed: under DDP, compute RKD's pairwise relations over the whole global batch (gradient-correct
+            all-gather), as one process would; false: within each rank's batch. CE and KD are per-sample and need none.
+        fast, compile, cuda_graph, steps_per_batch: the fast path, see ClassifierModule.
     """
 
     train_views = 1
@@ -49,9 +54,16 @@ class StudentModule(ClassifierModule):
         lr_milestones: list[int] = [150, 180, 210],
         lr_decay: float = 0.1,
         check_finite: bool = True,
+        gather_distributed: bool = True,
+        fast: bool = False,
+        compile: Optional[CompileMode] = None,
+        cuda_graph: bool = True,
+        steps_per_batch: int = 1,
     ) -> None:
-        super().__init__(backbone, num_classes, lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite)
+        super().__init__(backbone, num_classes, lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite,
+                         fast=fast, compile=compile, cuda_graph=cuda_graph, steps_per_batch=steps_per_batch)
         self.save_hyperparameters()
+        self.gather_distributed = gather_distributed
         for name, value in (("ce_weight", ce_weight), ("kd_weight", kd_weight),
                             ("rkd_distance_weight", rkd_distance_weight), ("rkd_angle_weight", rkd_angle_weight)):
             if value < 0:
@@ -86,7 +98,15 @@ class StudentModule(ClassifierModule):
             self.teacher.eval()
         return self
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Optional[torch.Tensor]:
+        if self.fast_path is not None:  # [fast path] K captured steps of training_loss per batch (kd_lightning/fast)
+            return self.fast_path.training_step(batch, batch_idx)
+        loss, parts = self.training_loss(batch)
+        self.log_train_parts(parts, batch[1].shape[0])
+        return loss
+
+    def training_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_S of one batch and its logged parts."""
         images, labels, _ = batch
         pooled, logits = self.pooled_and_logits(images)
         loss_ce = F.cross_entropy(logits.float(), labels)
@@ -97,10 +117,10 @@ class StudentModule(ClassifierModule):
             parts["loss_kd"] = self.kd_loss(logits.float(), teacher_logits.float())
             loss = loss + self.kd_weight * parts["loss_kd"]
             if self.use_rkd:
-                parts["loss_rkd"] = self.rkd_loss(pooled.float(), teacher_pooled.float())
+                pair = (pooled.float(), teacher_pooled.float())
+                parts["loss_rkd"] = self.rkd_loss(*(gather_batch(*pair) if self.gather_distributed else pair))
                 loss = loss + parts["loss_rkd"]
-        self.log_train_parts({"loss": loss, **parts}, labels.shape[0])
-        return loss
+        return loss, {"loss": loss, **parts}
 
     @torch.no_grad()
     def on_fit_start(self) -> None:

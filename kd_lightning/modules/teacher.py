@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from jsonargparse import lazy_instance
 from torch import nn
 
+from kd_lightning.fast import CompileMode
 from kd_lightning.modules.base import ClassifierModule
 from kd_lightning.objectives import ClassMemory, ContrastiveObjective, IntraClassContrastive, MarginGate, gather_rows
 
@@ -30,8 +31,10 @@ class TeacherModule(ClassifierModule):
         memory_size: Q, the per-class FIFO of past first-view embeddings used as extra candidates; 0 disables it.
         projection_dim: optional linear head on the pooled embedding before normalisation (None: no head, as
             METHOD.md 2 defaults).
-        gather_distributed: under DDP, contrast against the whole global batch (gradient-correct all-gather).
+        gather_distributed: under DDP, contrast against the whole global batch (gradient-correct all-gather);
+            false contrasts within each rank's rows. The memory is filled from all ranks' rows either way.
         lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite: see ClassifierModule.
+        fast, compile, cuda_graph, steps_per_batch: the fast path, see ClassifierModule.
     """
 
     train_views = 2
@@ -53,13 +56,18 @@ class TeacherModule(ClassifierModule):
         lr_milestones: list[int] = [150, 180, 210],
         lr_decay: float = 0.1,
         check_finite: bool = True,
+        fast: bool = False,
+        compile: Optional[CompileMode] = None,
+        cuda_graph: bool = True,
+        steps_per_batch: int = 1,
     ) -> None:
         if contrastive_weight < 0:
             raise ValueError(f"model.contrastive_weight (λ) must be >= 0, got {contrastive_weight}")
         if memory_size < 0:
             raise ValueError(f"model.memory_size (Q) must be >= 0, got {memory_size}; use 0 to disable the memory")
         self.projection_dim = projection_dim
-        super().__init__(backbone, num_classes, lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite)
+        super().__init__(backbone, num_classes, lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite,
+                         fast=fast, compile=compile, cuda_graph=cuda_graph, steps_per_batch=steps_per_batch)
         self.save_hyperparameters(ignore=["objective"])
         self.projection = (
             nn.Linear(self.backbone.num_features, projection_dim) if projection_dim else nn.Identity()
@@ -78,14 +86,21 @@ class TeacherModule(ClassifierModule):
     def embed(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(pooled).float(), dim=1)
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Optional[torch.Tensor]:
+        if self.fast_path is not None:  # [fast path] K captured steps of training_loss per batch (kd_lightning/fast)
+            return self.fast_path.training_step(batch, batch_idx)
+        loss, parts = self.training_loss(batch)
+        self.log_train_parts(parts, batch[1].shape[0])
+        return loss
+
+    def training_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_T of one batch and its logged parts; stages the memory rows that `after_optimizer_step` enqueues."""
         images, labels, ids = batch
         if images.dim() != 5 or images.shape[1] != 2:
             raise ValueError(
                 f"the teacher needs two views per image (batch of shape [N, 2, C, H, W]), got {tuple(images.shape)}; "
                 "use a kd_lightning datamodule, which reads the model's train_views"
             )
-        n = labels.shape[0]
         rows = images.transpose(0, 1).flatten(0, 1)  # view-major: rows i and i+n are the two views of image i
         labels2, ids2 = labels.repeat(2), ids.repeat(2)
         pooled, logits = self.pooled_and_logits(rows)
@@ -97,14 +112,19 @@ class TeacherModule(ClassifierModule):
         memory = self.memory if self.memory.size_per_class > 0 else None
         loss_con = self.objective(z, labels2, ids2, weights=gate, memory=memory)
         loss = loss_ce + self.contrastive_weight * loss_con
-        half = z.shape[0] // 2
-        self._pending_memory = (z[:half].detach(), labels2[:half], ids2[:half])
-        self.log_train_parts(
-            {"loss": loss, "loss_ce": loss_ce, "loss_contrastive": loss_con, "gate_open": gate.mean()}, n
-        )
-        return loss
+        memory_rows = (z.detach(), labels2, ids2)
+        if memory is not None and not self.gather_distributed:
+            # The memory is global whatever the pool (METHOD.md 4): gather all ranks' rows, or the ranks' memories
+            # diverge (and DDP's buffer broadcast would then silently keep rank 0's and drop the others' rows).
+            memory_rows = gather_rows(*memory_rows)
+        half = memory_rows[0].shape[0] // 2  # first view of every image (of every rank once gathered)
+        self._pending_memory = tuple(t[:half] for t in memory_rows)
+        return loss, {"loss": loss, "loss_ce": loss_ce, "loss_contrastive": loss_con, "gate_open": gate.mean()}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.after_optimizer_step()  # [fast path] there it already ran inside every step: nothing is pending
+
+    def after_optimizer_step(self) -> None:
         # After the optimizer step (METHOD.md 4): the current batch never sees itself in the memory.
         if self._pending_memory is not None and self.memory.size_per_class > 0:
             self.memory.enqueue(*self._pending_memory)

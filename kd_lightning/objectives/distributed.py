@@ -59,3 +59,17 @@ def gather_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
         parts = _all_gather(t)
         out.append(torch.cat([p[:half] for p in parts] + [p[half:] for p in parts], dim=0))
     return tuple(out)
+
+
+def gather_batch(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """All-gather [n_local, ...] tensors across ranks, concatenated in rank order; returns a tuple, one per input.
+
+    For losses over the relations between the samples of a batch with one row per image (RKD on the student's
+    pooled embeddings): under DDP they must span the global batch to mean what they mean on one process. Gradients
+    flow back to each row's owner exactly as in `gather_rows` (every rank computes the same loss; DDP's mean turns the
+    W-fold sum into dL/dθ). The local batch sizes must be equal on every rank (the datamodules drop the last
+    incomplete training batch). Without torch.distributed, or with world size 1, the inputs come back unchanged.
+    """
+    if _world_size() == 1:
+        return tuple(tensors)
+    return tuple(torch.cat(_all_gather(t), dim=0) for t in tensors)

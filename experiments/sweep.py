@@ -1,0 +1,249 @@
+"""W&B sweeps of the ablation tables: the program a sweep agent runs, and the writer of configs/sweeps/<table>.yaml.
+
+    wandb sweep configs/sweeps/margin.yaml          # prints the sweep id
+    wandb agent <entity>/<project>/<sweep id>       # from the repository root, with .venv activated
+
+Each agent run is one row of the table: the teacher with the swept values, then the student distilled from it, both
+through experiments/run_row.py (same run folders as `make table-<name>`, so a row that make or another agent finished
+is not trained again). The agent's W&B run gets the student's test accuracy as the sweep metric (`student/test_acc`,
+last-epoch weights) beside the other numbers of the row; the teacher and student runs log to W&B themselves, grouped
+by row. The agent runs
+
+    /usr/bin/env python experiments/sweep.py --table=margin --data=synthetic ... --seed_everything=0 --model.X=...
+
+where everything before the agent's arguments is fixed by the sweep file, and the agent's arguments (CLI dotted keys)
+come after the table's configs in the teacher's `kd-lightning fit` command, so the swept values win.
+
+The sweep files are written from the rows (one source of truth): `python experiments/sweep.py --write` (make sweeps).
+A table whose rows each change one and the same key sweeps that key (`model.contrastive_weight`, `model.objective`);
+a table whose rows change different keys (Table A: δ, and λ = 0 for its plain-CE row) sweeps `model.init_args` with
+each row's changes as a YAML mapping, e.g. `--model.init_args={gate_delta: 0.1}`. None is written `null`: the agent
+formats values with Python's str(), and jsonargparse reads `None` as a string.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from recipe import Recipe, parse_pair  # noqa: E402
+from rows import (  # noqa: E402
+    ABLATIONS, RESULTS_FILE, ROOT, TABLES, Row, RunKey, load_rows, read_results, run_state, table_id,
+)
+
+SWEEPS = ROOT / "configs" / "sweeps"
+PROGRAM = "experiments/sweep.py"
+METRIC = "student/test_acc"
+PROJECT = "kd-lightning"
+
+
+# --- rows -> sweep parameters ---------------------------------------------------------------------------------------
+def _yaml_value(value: Any) -> Any:
+    """A value as the agent must pass it: None -> "null" (str(None) would reach jsonargparse as the string None)."""
+    return "null" if value is None else value
+
+
+def sweep_parameter(rows: list[Row]) -> tuple[str, list[Any]]:
+    """The one swept parameter that walks a table's rows: (CLI dotted key, one value per row, in row order)."""
+    import yaml
+
+    overrides = [row.model_overrides() for row in rows]
+    keys = {tuple(o) for o in overrides}
+    if len(keys) == 1 and len(next(iter(keys))) == 1:
+        (key,) = next(iter(keys))
+        name, values = f"model.{key}", [_yaml_value(o[key]) for o in overrides]
+    else:
+        name = "model.init_args"
+        values = [yaml.safe_dump(o, default_flow_style=True, width=10**6, sort_keys=True).strip() for o in overrides]
+    if len({json.dumps(v) for v in values}) != len(values):
+        raise ValueError(f"two rows of table {rows[0].table!r} give the same {name}: {values}")
+    return name, values
+
+
+def row_for_args(rows: list[Row], swept: dict[str, str]) -> Optional[Row]:
+    """The row whose sweep value the agent passed, or None for a value that is no row of the table."""
+    import yaml
+
+    name, values = sweep_parameter(rows)
+    if name not in swept:
+        return None
+    # Compare values, not spellings: W&B's backend may send 0.0 back as 0.
+    given = yaml.safe_load(swept[name])
+    for row, value in zip(rows, values):
+        if (yaml.safe_load(value) if isinstance(value, str) else value) == given:
+            return row
+    return None
+
+
+def sweep_config(table: str, seeds: list[int], data: str = "synthetic", ablations: Path = ABLATIONS) -> dict:
+    rows = load_rows(table, ablations)
+    name, values = sweep_parameter(rows)
+    return {
+        "program": PROGRAM,
+        "name": f"kd-lightning {table} table ({data})",
+        "project": PROJECT,
+        "method": "grid",
+        "metric": {"name": METRIC, "goal": "maximize"},
+        "parameters": {
+            "seed_everything": {"values": list(seeds)},
+            name: {"values": values},
+        },
+        "command": ["${env}", "${interpreter}", "${program}", f"--table={table}", f"--data={data}", "${args}"],
+    }
+
+
+def sweep_text(table: str, seeds: list[int], ablations: Path = ABLATIONS) -> str:
+    import yaml
+
+    rows = load_rows(table, ablations)
+    header = [
+        f"# W&B sweep of the {table} table: one agent run per row and seed (the teacher, then its student).",
+        f"# Written by `make sweeps` (experiments/sweep.py --write) from configs/ablations/{table}/*.yaml:",
+        "# edit the rows, not this file. Run it from the repository root with the venv active (agents run `python`):",
+        f"#   wandb sweep configs/sweeps/{table}.yaml && wandb agent <entity>/<project>/<sweep id>",
+        "# Full scale: change --data=synthetic to --data=cifar100 (or tiny_imagenet) and add --pair=..., --epochs=...,",
+        "# --devices=... before ${args}; more seeds: seed_everything values [0, 1, 2].",
+        "# Rows: " + "; ".join(f"{r.name} = {r.label}" for r in rows),
+    ]
+    body = yaml.safe_dump(sweep_config(table, seeds, ablations=ablations), sort_keys=False, allow_unicode=True,
+                          width=120)
+    return "\n".join(header) + "\n" + body
+
+
+def write_sweeps(seeds: list[int], out: Path = SWEEPS, ablations: Path = ABLATIONS) -> list[Path]:
+    from kd_lightning.utils.atomic import atomic_write_text
+
+    paths = []
+    for table in TABLES:
+        path = out / f"{table}.yaml"
+        atomic_write_text(path, sweep_text(table, seeds, ablations))
+        paths.append(path)
+    return paths
+
+
+# --- the agent's program ---------------------------------------------------------------------------------------------
+def parse_swept(extra: list[str]) -> dict[str, str]:
+    """The agent's `--dotted.key=value` arguments as {key: value} (values as the agent wrote them)."""
+    swept = {}
+    for arg in extra:
+        match = re.fullmatch(r"--([A-Za-z_][\w.]*)=(.*)", arg, flags=re.S)
+        if not match:
+            raise ValueError(f"sweep arguments must look like --dotted.key=value, got {arg!r}")
+        swept[match.group(1)] = match.group(2)
+    return swept
+
+
+def custom_row_name(swept: dict[str, str]) -> str:
+    """A folder name for swept values that are no row of the table (someone added a value to the sweep)."""
+    text = "_".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(swept.items()))
+    return "sweep-" + re.sub(r"[^A-Za-z0-9_.=-]+", "", text.replace(" ", ""))[:80]
+
+
+def print_configs(recipe: Recipe, key: RunKey, runs: Path, row_args: list[str]) -> int:
+    """`--print_config`: the resolved teacher and student configs of this agent run, as two YAML documents."""
+    from kd_lightning.cli import main as cli_main
+
+    teacher = recipe.command("teacher", key.dir(runs, "teacher"), key.seed, row_args)
+    student = recipe.command("student", key.dir(runs, "student"), key.seed, [],
+                             teacher_checkpoint=key.dir(runs, "teacher") / "checkpoints" / "last.ckpt")
+    for i, command in enumerate((teacher, student)):
+        if i:
+            print("---", flush=True)
+        os.chdir(ROOT)
+        args = command[command.index("fit"):] + ["--print_config"]
+        sys.argv = ["kd-lightning", *args]  # as if typed: LightningCLI warns when args and sys.argv differ
+        try:
+            cli_main(args)
+        except SystemExit as stop:
+            if stop.code not in (0, None):
+                return int(stop.code)
+    return 0
+
+
+def summary_of(key: RunKey, runs: Path) -> dict[str, Any]:
+    """The row's numbers for the agent's W&B run (student/test_acc is the sweep metric)."""
+    out: dict[str, Any] = {}
+    for stage in ("teacher", "student"):
+        results = read_results(key.dir(runs, stage) / RESULTS_FILE) or {}
+        out[f"{stage}/status"] = run_state(results if results else None)
+        for which in ("last", "best"):
+            section = results.get(which) or {}
+            suffix = "" if which == "last" else "_best"
+            for metric in ("test/acc", "test/loss", "test/d_intra", "test/d_inter", "test/ratio", "train/gate_open"):
+                if section.get(metric) is not None:
+                    out[f"{stage}/{metric.replace('/', '_', 1)}{suffix}"] = section[metric]
+    return out
+
+
+def agent_run(recipe: Recipe, key: RunKey, runs: Path, row_args: list[str], config: dict[str, Any]) -> int:
+    import wandb
+
+    from run_row import EXIT_FAILED, run_stage
+
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), job_type="sweep-row")
+    run.config.update(config, allow_val_change=True)
+    state = "complete"
+    try:
+        for stage in ("teacher", "student"):
+            state = run_stage(key, stage, recipe, runs, row_args=row_args if stage == "teacher" else None)
+            if state != "complete":
+                break
+        summary = summary_of(key, runs)
+        run.log(summary)
+        run.summary.update(summary)
+        print(json.dumps(summary, sort_keys=True), flush=True)
+    finally:
+        run.finish(exit_code=0 if state == "complete" else 1)
+    return 0 if state == "complete" else EXIT_FAILED
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from run_row import add_recipe_options
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--write", action="store_true", help="write configs/sweeps/<table>.yaml from the rows")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --write: the seed_everything values")
+    parser.add_argument("--table", choices=TABLES)
+    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--margin_space", default="prob", choices=("prob", "logit"))
+    parser.add_argument("--seed_everything", type=int, default=0)
+    parser.add_argument("--print_config", action="store_true",
+                        help="print the teacher's and the student's configs, run nothing")
+    add_recipe_options(parser)
+    ns, extra = parser.parse_known_args(argv)
+    try:
+        if ns.write:
+            for path in write_sweeps(ns.seeds, ablations=Path(ns.ablations)):
+                print(f"wrote {path}")
+            return 0
+        if not ns.table:
+            parser.error("--table is required (or --write)")
+        swept = parse_swept(extra)
+        rows = load_rows(ns.table, Path(ns.ablations))
+        row = row_for_args(rows, swept)
+        key = RunKey(table_id(ns.table, ns.margin_space), ns.data, row.name if row else custom_row_name(swept),
+                     ns.seed_everything)
+        recipe = Recipe(data=ns.data, pair=parse_pair(ns.pair), epochs=int(ns.epochs) if ns.epochs else None,
+                        devices=ns.devices or None, margin_space=ns.margin_space,
+                        extra=shlex.split(ns.args or ""))
+        runs = Path(ns.runs).resolve()
+        if ns.print_config:
+            return print_configs(recipe, key, runs, extra)
+        config = {"row": key.row, "row_label": row.label if row else None, "table": key.table_id, "data": ns.data,
+                  **{f"row.{k}": v for k, v in (row.model_overrides() if row else {}).items()}}
+        return agent_run(recipe, key, runs, extra, config)
+    except (ValueError, FileNotFoundError) as err:
+        sys.stderr.write(f"sweep: error: {err}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The W&B sweeps of the ablation tables: every sweep file, expanded offline into the exact commands a `wandb agent`
+would start (wandb's own command-building code), run with --print_config to see the swept value land in the teacher's
+config; plus the agent program on a finished row, reporting the sweep metric to its W&B run (offline)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import rows  # noqa: E402
+import sweep  # noqa: E402
+import sweep_expand  # noqa: E402
+
+SWEEP_FILES = {table: ROOT / "configs" / "sweeps" / f"{table}.yaml" for table in rows.TABLES}
+
+
+def load(table: str) -> dict:
+    return yaml.safe_load(SWEEP_FILES[table].read_text())
+
+
+@pytest.mark.parametrize("table", rows.TABLES)
+def test_sweep_file_is_written_from_the_rows(table):
+    # One source of truth: the committed file is exactly what the rows give (regenerate with `make sweeps`).
+    assert SWEEP_FILES[table].read_text() == sweep.sweep_text(table, seeds=[0]), "run `make sweeps`"
+
+
+@pytest.mark.parametrize("table", rows.TABLES)
+def test_sweep_file_is_a_wandb_grid_sweep(table):
+    config = load(table)
+    assert (ROOT / config["program"]).is_file()
+    assert config["method"] == "grid"
+    assert config["metric"] == {"name": "student/test_acc", "goal": "maximize"}
+    command = config["command"]
+    # W&B's macros: env, interpreter, program first; the agent's arguments last, after the fixed ones.
+    assert command[:3] == ["${env}", "${interpreter}", "${program}"] and command[-1] == "${args}"
+    assert f"--table={table}" in command
+    for name in config["parameters"]:
+        assert name == "seed_everything" or name.startswith("model."), name  # the CLI's dotted keys
+
+
+def test_sweep_files_pass_wandbs_own_schema():
+    # W&B's sweep engine (`pip install wandb[sweeps]`: scipy, scikit-learn, jsonschema) is not a project dependency;
+    # where it is installed it validates the files and sweep_expand uses its grid.
+    engine = pytest.importorskip("sweeps.config", reason="W&B's sweep engine (wandb[sweeps]) is not installed")
+    for table in rows.TABLES:
+        engine.SweepConfig(load(table))
+
+
+def expected_landing(name: str, value) -> dict:
+    """What `--<name>=<value>` must set in the teacher's model.init_args (computed from the sweep file alone)."""
+    if name == "model.init_args":
+        return yaml.safe_load(value)
+    key = name.split(".", 1)[1]
+    return {key: yaml.safe_load(value) if isinstance(value, str) else value}
+
+
+def landed(init_args: dict, key: str):
+    value = init_args[key]
+    return value["class_path"] if isinstance(value, dict) and "class_path" in value else value
+
+
+def print_config(argv: list[str]) -> tuple[list[str], list[dict]]:
+    # The agent's interpreter is `python` from PATH (the activated venv); here, this venv's python.
+    assert argv[:2] == [sweep_expand.AGENT_ENV, sweep_expand.AGENT_INTERPRETER]
+    command = [argv[0], sys.executable, *argv[2:], "--print_config"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return argv, list(yaml.safe_load_all(proc.stdout))
+
+
+def test_every_agent_command_puts_the_swept_value_where_it_belongs():
+    jobs = []
+    for table in rows.TABLES:
+        config = load(table)
+        engine, commands = sweep_expand.expand(config)
+        table_rows = rows.load_rows(table)
+        swept = [n for n in config["parameters"] if n != "seed_everything"]
+        assert len(swept) == 1
+        assert len(commands) == len(table_rows) * len(config["parameters"]["seed_everything"]["values"]), engine
+        for argv in commands:
+            assert argv[:3] == ["/usr/bin/env", "python", "experiments/sweep.py"]
+            assert argv[3:5] == [f"--table={table}", "--data=synthetic"]  # fixed arguments before the agent's
+            jobs.append((table, argv))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda job: (job[0], *print_config(job[1])), jobs))
+
+    seen = {table: set() for table in rows.TABLES}
+    for table, argv, docs in results:
+        teacher, student = docs
+        config = load(table)
+        name = next(n for n in config["parameters"] if n != "seed_everything")
+        value = next(a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}="))
+        seed = int(next(a.split("=", 1)[1] for a in argv if a.startswith("--seed_everything=")))
+        init = teacher["model"]["init_args"]
+        for key, want in expected_landing(name, value).items():
+            assert landed(init, key) == want, (argv, key)
+        assert teacher["seed_everything"] == seed == student["seed_everything"]
+        # The fixed configs are underneath: the proxy's teacher, data and schedule.
+        assert teacher["model"]["class_path"] == "kd_lightning.modules.TeacherModule"
+        assert student["model"]["class_path"] == "kd_lightning.modules.StudentModule"
+        assert init["backbone"] == "resnet8" and teacher["trainer"]["max_epochs"] == 6
+        assert teacher["data"]["init_args"]["train_size"] == 320
+        # The agent run is the row the value belongs to: the Makefile's run folder, and the row file's values.
+        row_dir = Path(teacher["trainer"]["default_root_dir"]).parent.parent.name
+        row = {r.name: r for r in rows.load_rows(table)}[row_dir]
+        for key, want in row.model_overrides().items():
+            assert landed(init, key) == want, (row.name, key)
+        assert student["model"]["init_args"]["teacher_checkpoint"] == str(
+            Path(teacher["trainer"]["default_root_dir"]) / "checkpoints" / "last.ckpt")
+        seen[table].add(row.name)
+    for table in rows.TABLES:
+        assert seen[table] == {r.name for r in rows.load_rows(table)}  # every row once
+
+
+def test_values_map_back_to_rows():
+    lam = rows.load_rows("lambda")
+    # W&B's backend may hand 0.0 back as 0: still the λ = 0 row.
+    assert sweep.row_for_args(lam, {"model.contrastive_weight": "0"}).name == "lambda_0"
+    assert sweep.row_for_args(lam, {"model.contrastive_weight": "0.2"}) is None
+    assert sweep.custom_row_name({"model.contrastive_weight": "0.2"}) == "sweep-contrastive_weight=0.2"
+    margin = rows.load_rows("margin")
+    assert sweep.row_for_args(margin, {"model.init_args": "{gate_delta: null}"}).name == "no_gate"
+    assert sweep.row_for_args(margin, {"model.init_args": "{contrastive_weight: 0}"}).name == "plain_ce"
+    with pytest.raises(ValueError, match="--dotted.key=value"):
+        sweep.parse_swept(["--model.gate_delta", "0.1"])
+
+
+def fake_complete(run_dir: Path, acc: float) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps({
+        "status": "complete", "epochs": 1, "last": {"test/acc": acc, "test/loss": 1.0},
+        "best": {"test/acc": acc + 0.01, "test/loss": 0.9}, "history": []}))
+
+
+def test_agent_program_reports_the_student_accuracy(tmp_path):
+    # A row that make (or another agent) already finished: the agent run trains nothing and reports its numbers.
+    runs = tmp_path / "runs"
+    key = runs / "lambda" / "synthetic" / "lambda_0.05" / "seed0"
+    fake_complete(key / "teacher", 0.9)
+    fake_complete(key / "student", 0.75)
+    command = sweep_expand.expand(load("lambda"))[1][2]  # λ = 0.05
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")},
+           "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, *command[2:], f"--runs={runs}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "lambda/synthetic/lambda_0.05/seed0/teacher: complete, not re-run" in proc.stdout
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["student/test_acc"] == 0.75 and summary["student/test_acc_best"] == 0.76
+    assert summary["teacher/test_acc"] == 0.9
+    # ... and the agent's W&B run got it as the sweep metric. Offline, W&B keeps the run as a protobuf record log
+    # (run-<id>.wandb; no summary file): the logged key and its JSON value are in it verbatim.
+    logs = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 1, list(tmp_path.rglob("*"))[:20]
+    record = logs[0].read_bytes()
+    assert b"student/test_acc" in record and b"0.75" in record
