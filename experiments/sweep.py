@@ -82,7 +82,9 @@ def row_for_args(rows: list[Row], swept: dict[str, str]) -> Optional[Row]:
     return None
 
 
-def sweep_config(table: str, seeds: list[int], data: str = "synthetic", ablations: Path = ABLATIONS) -> dict:
+def sweep_config(table: str, seeds: list[int], data: str = "synthetic", fixed: Optional[list[str]] = None,
+                 ablations: Path = ABLATIONS) -> dict:
+    """The sweep of one table; `fixed` are more of the program's own options (--pair=..., --epochs=...)."""
     rows = load_rows(table, ablations)
     name, values = sweep_parameter(rows)
     return {
@@ -95,11 +97,13 @@ def sweep_config(table: str, seeds: list[int], data: str = "synthetic", ablation
             "seed_everything": {"values": list(seeds)},
             name: {"values": values},
         },
-        "command": ["${env}", "${interpreter}", "${program}", f"--table={table}", f"--data={data}", "${args}"],
+        "command": ["${env}", "${interpreter}", "${program}", f"--table={table}", f"--data={data}", *(fixed or []),
+                    "${args}"],
     }
 
 
-def sweep_text(table: str, seeds: list[int], ablations: Path = ABLATIONS) -> str:
+def sweep_text(table: str, seeds: list[int], data: str = "synthetic", fixed: Optional[list[str]] = None,
+               ablations: Path = ABLATIONS) -> str:
     import yaml
 
     rows = load_rows(table, ablations)
@@ -108,22 +112,23 @@ def sweep_text(table: str, seeds: list[int], ablations: Path = ABLATIONS) -> str
         f"# Written by `make sweeps` (experiments/sweep.py --write) from configs/ablations/{table}/*.yaml:",
         "# edit the rows, not this file. Run it from the repository root with the venv active (agents run `python`):",
         f"#   wandb sweep configs/sweeps/{table}.yaml && wandb agent <entity>/<project>/<sweep id>",
-        "# Full scale: change --data=synthetic to --data=cifar100 (or tiny_imagenet) and add --pair=..., --epochs=...,",
-        "# --devices=... before ${args}; more seeds: seed_everything values [0, 1, 2].",
+        "# Full scale: python experiments/sweep.py --write --data=cifar100 --seeds 0 1 2 [--pair=T->S --epochs=N",
+        "# --devices=N] --out=<folder> writes these sweeps with those arguments fixed before the agent's ${args}.",
         "# Rows: " + "; ".join(f"{r.name} = {r.label}" for r in rows),
     ]
-    body = yaml.safe_dump(sweep_config(table, seeds, ablations=ablations), sort_keys=False, allow_unicode=True,
+    body = yaml.safe_dump(sweep_config(table, seeds, data, fixed, ablations), sort_keys=False, allow_unicode=True,
                           width=120)
     return "\n".join(header) + "\n" + body
 
 
-def write_sweeps(seeds: list[int], out: Path = SWEEPS, ablations: Path = ABLATIONS) -> list[Path]:
+def write_sweeps(seeds: list[int], out: Path = SWEEPS, data: str = "synthetic", fixed: Optional[list[str]] = None,
+                 ablations: Path = ABLATIONS) -> list[Path]:
     from kd_lightning.utils.atomic import atomic_write_text
 
     paths = []
     for table in TABLES:
         path = out / f"{table}.yaml"
-        atomic_write_text(path, sweep_text(table, seeds, ablations))
+        atomic_write_text(path, sweep_text(table, seeds, data, fixed, ablations))
         paths.append(path)
     return paths
 
@@ -146,14 +151,16 @@ def custom_row_name(swept: dict[str, str]) -> str:
     return "sweep-" + re.sub(r"[^A-Za-z0-9_.=-]+", "", text.replace(" ", ""))[:80]
 
 
-def print_configs(recipe: Recipe, key: RunKey, runs: Path, row_args: list[str]) -> int:
-    """`--print_config`: the resolved teacher and student configs of this agent run, as two YAML documents."""
+def print_configs(recipe: Recipe, key: RunKey, runs: Path, row_args: list[str], which: str = "both") -> int:
+    """`--print_config[=teacher|student|both]`: the resolved configs of this agent run's runs, one YAML document each
+    (teacher first)."""
     from kd_lightning.cli import main as cli_main
 
     teacher = recipe.command("teacher", key.dir(runs, "teacher"), key.seed, row_args)
     student = recipe.command("student", key.dir(runs, "student"), key.seed, [],
                              teacher_checkpoint=key.dir(runs, "teacher") / "checkpoints" / "last.ckpt")
-    for i, command in enumerate((teacher, student)):
+    commands = {"teacher": [teacher], "student": [student], "both": [teacher, student]}[which]
+    for i, command in enumerate(commands):
         if i:
             print("---", flush=True)
         os.chdir(ROOT)
@@ -209,19 +216,24 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("--write", action="store_true", help="write configs/sweeps/<table>.yaml from the rows")
+    parser.add_argument("--write", action="store_true", help="write configs/sweeps/<table>.yaml from the rows "
+                        "(with --data, --pair, --epochs, --devices, --args fixed in their command)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --write: the seed_everything values")
+    parser.add_argument("--out", default=str(SWEEPS), help="with --write: the folder of the sweep files")
     parser.add_argument("--table", choices=TABLES)
     parser.add_argument("--data", default="synthetic")
     parser.add_argument("--margin_space", default="prob", choices=("prob", "logit"))
     parser.add_argument("--seed_everything", type=int, default=0)
-    parser.add_argument("--print_config", action="store_true",
-                        help="print the teacher's and the student's configs, run nothing")
+    parser.add_argument("--print_config", nargs="?", const="both", choices=("teacher", "student", "both"),
+                        help="print the teacher's and the student's configs (or one of them), run nothing")
     add_recipe_options(parser)
     ns, extra = parser.parse_known_args(argv)
     try:
         if ns.write:
-            for path in write_sweeps(ns.seeds, ablations=Path(ns.ablations)):
+            fixed = [f"--{name}={getattr(ns, name)}" for name in ("pair", "epochs", "devices", "args")
+                     if getattr(ns, name)]
+            fixed += [f"--margin_space={ns.margin_space}"] if ns.margin_space != "prob" else []
+            for path in write_sweeps(ns.seeds, Path(ns.out), ns.data, fixed, Path(ns.ablations)):
                 print(f"wrote {path}")
             return 0
         if not ns.table:
@@ -236,7 +248,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         extra=shlex.split(ns.args or ""))
         runs = Path(ns.runs).resolve()
         if ns.print_config:
-            return print_configs(recipe, key, runs, extra)
+            return print_configs(recipe, key, runs, extra, ns.print_config)
         config = {"row": key.row, "row_label": row.label if row else None, "table": key.table_id, "data": ns.data,
                   **{f"row.{k}": v for k, v in (row.model_overrides() if row else {}).items()}}
         return agent_run(recipe, key, runs, extra, config)

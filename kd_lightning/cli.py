@@ -20,12 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 import yaml
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from kd_lightning.callbacks import ResultsWriter, RNGState, RunCheckpoint
 from kd_lightning.errors import report_user_errors
 from kd_lightning.utils.checkpoint import CheckpointError, load_checkpoint_file
+from kd_lightning.utils.hardware import describe_hardware
 
 DEFAULT_RUN_DIR = "runs/default"
 PROG = "kd-lightning"
@@ -159,10 +161,16 @@ class KDLightningCLI(LightningCLI):
             return
         self._dump_config()  # Lightning's resolved dump of this subcommand's config (links applied)
         dumped = json.dumps(self.config_dump, sort_keys=True, default=str)
+        # The digest names the experiment: resuming (ckpt_path) must not change it.
+        recipe = json.dumps({k: v for k, v in json.loads(dumped).items() if k != "ckpt_path"}, sort_keys=True)
         writer.extra.update({
             "seed": self.config_dump.get("seed_everything"),
-            "config_digest": hashlib.sha256(dumped.encode()).hexdigest()[:16],
+            "config_digest": hashlib.sha256(recipe.encode()).hexdigest()[:16],
             "config": json.loads(dumped),
+            "hardware": describe_hardware(
+                "cuda" if self.trainer.strategy.root_device.type == "cuda" else "cpu", self.trainer.world_size
+            ),
+            "torch": torch.__version__,
         })
 
     def after_fit(self) -> None:

@@ -11,6 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# One intra-op thread for the whole session and every subprocess it starts (set before torch is imported): tiny
+# models gain nothing from more, and on 2 cores several processes (DDP ranks, a reference run beside them) each
+# spinning 2 OpenMP threads slow each other down many times over.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # A tiny synthetic set and tiny backbones: a fit takes seconds on 2 CPU cores.
 TINY_DATA = [
     "--data=kd_lightning.data.SyntheticDataModule",

@@ -68,10 +68,10 @@ def landed(init_args: dict, key: str):
     return value["class_path"] if isinstance(value, dict) and "class_path" in value else value
 
 
-def print_config(argv: list[str]) -> tuple[list[str], list[dict]]:
+def print_config(argv: list[str], which: str) -> tuple[list[str], list[dict]]:
     # The agent's interpreter is `python` from PATH (the activated venv); here, this venv's python.
     assert argv[:2] == [sweep_expand.AGENT_ENV, sweep_expand.AGENT_INTERPRETER]
-    command = [argv[0], sys.executable, *argv[2:], "--print_config"]
+    command = [argv[0], sys.executable, *argv[2:], f"--print_config={which}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
@@ -90,13 +90,16 @@ def test_every_agent_command_puts_the_swept_value_where_it_belongs():
         for argv in commands:
             assert argv[:3] == ["/usr/bin/env", "python", "experiments/sweep.py"]
             assert argv[3:5] == [f"--table={table}", "--data=synthetic"]  # fixed arguments before the agent's
-            jobs.append((table, argv))
+            # The swept value lands in the teacher; the student's config (seed, teacher checkpoint) is checked on the
+            # first run of each table only, to keep the test short (each command is a fresh process: ~5 s).
+            jobs.append((table, argv, "both" if argv is commands[0] else "teacher"))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda job: (job[0], *print_config(job[1])), jobs))
+        results = list(pool.map(lambda job: (job[0], *print_config(job[1], job[2])), jobs))
 
     seen = {table: set() for table in rows.TABLES}
+    students = {table: 0 for table in rows.TABLES}
     for table, argv, docs in results:
-        teacher, student = docs
+        teacher, student = docs if len(docs) == 2 else (docs[0], None)
         config = load(table)
         name = next(n for n in config["parameters"] if n != "seed_everything")
         value = next(a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}="))
@@ -104,10 +107,9 @@ def test_every_agent_command_puts_the_swept_value_where_it_belongs():
         init = teacher["model"]["init_args"]
         for key, want in expected_landing(name, value).items():
             assert landed(init, key) == want, (argv, key)
-        assert teacher["seed_everything"] == seed == student["seed_everything"]
+        assert teacher["seed_everything"] == seed
         # The fixed configs are underneath: the proxy's teacher, data and schedule.
         assert teacher["model"]["class_path"] == "kd_lightning.modules.TeacherModule"
-        assert student["model"]["class_path"] == "kd_lightning.modules.StudentModule"
         assert init["backbone"] == "resnet8" and teacher["trainer"]["max_epochs"] == 6
         assert teacher["data"]["init_args"]["train_size"] == 320
         # The agent run is the row the value belongs to: the Makefile's run folder, and the row file's values.
@@ -115,11 +117,36 @@ def test_every_agent_command_puts_the_swept_value_where_it_belongs():
         row = {r.name: r for r in rows.load_rows(table)}[row_dir]
         for key, want in row.model_overrides().items():
             assert landed(init, key) == want, (row.name, key)
-        assert student["model"]["init_args"]["teacher_checkpoint"] == str(
-            Path(teacher["trainer"]["default_root_dir"]) / "checkpoints" / "last.ckpt")
+        if student is not None:
+            students[table] += 1
+            assert student["model"]["class_path"] == "kd_lightning.modules.StudentModule"
+            assert student["seed_everything"] == seed and student["model"]["init_args"]["backbone"] == "resnet8"
+            assert student["model"]["init_args"]["teacher_checkpoint"] == str(
+                Path(teacher["trainer"]["default_root_dir"]) / "checkpoints" / "last.ckpt")
+            assert student["trainer"]["default_root_dir"] == str(
+                Path(teacher["trainer"]["default_root_dir"]).parent / "student")
         seen[table].add(row.name)
     for table in rows.TABLES:
         assert seen[table] == {r.name for r in rows.load_rows(table)}  # every row once
+        assert students[table] == 1
+
+
+def test_full_scale_sweep_files_fix_their_arguments_before_the_agents(tmp_path):
+    code = sweep.main(["--write", "--data=cifar100", "--seeds", "0", "1", "2", "--pair=wrn_40_2->wrn_16_2",
+                       "--epochs=240", f"--out={tmp_path}"])
+    assert code == 0
+    config = yaml.safe_load((tmp_path / "lambda.yaml").read_text())
+    assert config["command"][3:] == ["--table=lambda", "--data=cifar100", "--pair=wrn_40_2->wrn_16_2", "--epochs=240",
+                                     "${args}"]
+    _, commands = sweep_expand.expand(config)
+    assert len(commands) == 15
+    argv, docs = print_config(commands[-1], "teacher")  # seed 2, λ = 0.5
+    (teacher,) = docs
+    assert teacher["model"]["init_args"]["backbone"] == "wrn_40_2"
+    assert teacher["model"]["init_args"]["contrastive_weight"] == 0.5 and teacher["seed_everything"] == 2
+    assert teacher["data"]["class_path"] == "kd_lightning.data.CIFAR100DataModule"
+    assert teacher["trainer"]["max_epochs"] == 240
+    assert teacher["trainer"]["default_root_dir"].endswith("runs/lambda/cifar100/lambda_0.5/seed2/teacher")
 
 
 def test_values_map_back_to_rows():

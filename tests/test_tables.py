@@ -154,7 +154,7 @@ def fake_results(stage: str, acc: float, gates: list[float], status: str = "comp
                                      "image_size": 16, "batch_size": 32}},
               "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": len(gates)}}
     out = {"status": status, "backbone": "resnet8", "epochs": len(gates), "last": metrics, "best": best,
-           "history": history, "config": config, "wall_seconds": 10.0}
+           "history": history, "config": config, "wall_seconds": 10.0, "hardware": "CPU: Test CPU (2 threads)"}
     if status != "complete":
         out = {"status": status, "error": "NonFiniteLossError: non-finite loss at step 3", "history": history[:1]}
     return out
@@ -225,8 +225,8 @@ def test_builder_on_hand_made_results(hand_made_runs, tmp_path):
     # Per-epoch open gates, mean over seeds: (0 + 20 + 10) / 3, (50 + 70 + 60) / 3.
     assert md_row(md, "δ = 0.1", 2)[1:3] == ["10.0", "60.0"]
     assert "NonFiniteLossError" in md and "margin/synthetic/delta_1.0/seed0/teacher: failed" in md
-    for needed in ("synthetic", "resnet8 -> resnet8", "teacher 2", "0 1 2", "hardware", "*last*", "*best*",
-                   "probability space"):
+    for needed in ("synthetic", "resnet8 -> resnet8", "teacher 2", "0 1 2", "| hardware | CPU: Test CPU (2 threads) |",
+                   "*last*", "*best*", "probability space", "| time | 1.3 min of training"):
         assert needed in md, needed
 
     table = list(csv.DictReader((out / "margin.csv").open()))

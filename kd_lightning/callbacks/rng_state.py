@@ -60,6 +60,17 @@ class RNGState(pl.Callback):
     def __init__(self) -> None:
         self._pending: Optional[list[dict[str, Any]]] = None
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # seed_everything gives every rank the same seed. Draws made in the main process (augmentations with
+        # num_workers=0, the GPU-resident path) would then repeat on every rank, so that the k-th image of each
+        # rank's batch got the same noise/crop/flip. A fresh fit offsets the states by rank; a resumed one gets
+        # each rank's own saved states back instead (on_train_epoch_start).
+        if trainer.world_size > 1 and self._pending is None:
+            seed = (torch.initial_seed() + 1_000_003 * trainer.global_rank) % 2**32
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+
     def state_dict(self) -> dict[str, Any]:
         # Called while a checkpoint is assembled, on every rank: gather so each rank gets its own states back.
         states = capture_rng_states()

@@ -74,8 +74,9 @@ class MultiViewSpec:
 def default_patch_size(image_size: int) -> int:
     """3/8 of the image side (at least 3, at most the image): the prototype's measured sweet spot.
 
-    At 16x16, 4x4 patches (1/4) left 80 features too alike to tell apart in the noise, so a resnet20 memorised the
-    train set (47% test) instead of learning them; 6x6 patches gave a 97% teacher (experiments/prototypes).
+    At 16x16, 4x4 patches (1/4 of the side) left 80 features too alike to tell apart in the noise: a resnet20
+    memorised the train set (47-56% test) instead of learning them; 6x6 patches gave a 90-97% teacher
+    (experiments/prototypes/synthetic_kd.py). Scaling with the side keeps the task alike at 16, 32 and 64 pixels.
     """
     return min(image_size, max(3, (3 * image_size) // 8))
 
