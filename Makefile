@@ -27,8 +27,8 @@ demo: install ## The main job: teacher -> distilled student vs student alone on 
 test: install ## Run the test suite
 	$(VENV)/bin/pytest -q
 
-clean: ## Remove run outputs (runs/, results/); keeps .venv
-	rm -rf runs results lightning_logs wandb
+clean: ## Remove run outputs (runs/); keeps results/ (the built tables) and .venv
+	rm -rf runs lightning_logs wandb
 
 include make/tables.mk
 

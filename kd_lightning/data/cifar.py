@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from .augment import EvalTransform, TrainTransform
 from .base import KDDataModule
+from .download import download_archive
 from .gpu_resident import GPUResidentMixin
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -170,17 +171,10 @@ class CIFAR100DataModule(GPUResidentMixin, KDDataModule):
 
     def _download(self) -> None:
         from torchvision.datasets import CIFAR100
-        from torchvision.datasets.utils import download_and_extract_archive
 
         # torchvision's own URL and archive checksum; extracting into data_dir creates cifar-100-python/.
         root = os.path.dirname(os.path.normpath(self.folder)) or "."
-        try:
-            download_and_extract_archive(CIFAR100.url, root, filename=CIFAR100.filename, md5=CIFAR100.tgz_md5)
-        except Exception as err:  # network, disk, checksum: one message saying what to do instead
-            raise RuntimeError(
-                f"Downloading CIFAR-100 from {CIFAR100.url} into {root} failed ({type(err).__name__}: {err}). "
-                f"Download {CIFAR100.filename} by hand and extract it there (it creates {FOLDER}/)."
-            ) from None
+        download_archive("CIFAR-100", CIFAR100.url, root, CIFAR100.filename, CIFAR100.tgz_md5, FOLDER)
 
     def _check_files(self) -> None:
         missing = self._missing()

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from .augment import EvalTransform, TrainTransform, to_uint8_chw
 from .base import KDDataModule
+from .download import download_archive
 
 TINY_MEAN = (0.4802, 0.4481, 0.3975)
 TINY_STD = (0.2302, 0.2265, 0.2262)
@@ -155,16 +156,8 @@ class TinyImageNetDataModule(KDDataModule):
             self._download()
 
     def _download(self) -> None:
-        from torchvision.datasets.utils import download_and_extract_archive
-
         root = os.path.dirname(os.path.normpath(self.root)) or "."
-        try:
-            download_and_extract_archive(URL, root, filename=FOLDER + ".zip", md5=ZIP_MD5)
-        except Exception as err:  # network, disk, checksum: one message saying what to do instead
-            raise RuntimeError(
-                f"Downloading Tiny-ImageNet from {URL} into {root} failed ({type(err).__name__}: {err}). "
-                f"Download {FOLDER}.zip by hand and unzip it in {root} (it creates {FOLDER}/)."
-            ) from None
+        download_archive("Tiny-ImageNet", URL, root, FOLDER + ".zip", ZIP_MD5, FOLDER)
 
     def _check_files(self) -> None:
         missing = self._missing()
