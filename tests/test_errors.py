@@ -111,7 +111,7 @@ CASES: dict[str, Case] = {
     "memory_negative": Case(
         lambda f: _teacher(f, "--model.memory_size=-2"), lambda f: ["memory_size", "-2"]),
     "delta_negative": Case(
-        lambda f: _teacher(f, "--model.gate_delta=-0.1"), lambda f: ["delta", "-0.1"]),
+        lambda f: _teacher(f, "--model.gate_delta=-0.1"), lambda f: ["model.gate_delta", "-0.1"]),
     # Config keys and types: jsonargparse's own message (exit code 2), which names the key.
     "unknown_key": Case(
         lambda f: _teacher(f, "--model.no_such_option=3"), lambda f: ["no_such_option", "not accepted"], code=2),

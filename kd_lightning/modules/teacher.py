@@ -65,6 +65,8 @@ class TeacherModule(ClassifierModule):
             raise ValueError(f"model.contrastive_weight (λ) must be >= 0, got {contrastive_weight}")
         if memory_size < 0:
             raise ValueError(f"model.memory_size (Q) must be >= 0, got {memory_size}; use 0 to disable the memory")
+        if gate_delta is not None and gate_delta < 0:
+            raise ValueError(f"model.gate_delta (δ) must be >= 0, got {gate_delta}; use null to disable the gate")
         self.projection_dim = projection_dim
         super().__init__(backbone, num_classes, lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite,
                          fast=fast, compile=compile, cuda_graph=cuda_graph, steps_per_batch=steps_per_batch)
