@@ -88,6 +88,18 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
+    # --- training ----------------------------------------------------------------------------------------------------
+    def training_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one batch and its logged parts (`{"loss": ..., "loss_ce": ..., ...}`)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> Optional[torch.Tensor]:
+        if self.fast_path is not None:  # [fast path] K captured steps of training_loss per batch (kd_lightning/fast)
+            return self.fast_path.training_step(batch, batch_idx)
+        loss, parts = self.training_loss(batch)
+        self.log_train_parts(parts, batch[1].shape[0])
+        return loss
+
     # --- training helpers ------------------------------------------------------------------------------------------
     def log_train_parts(self, parts: dict[str, torch.Tensor], batch_size: int) -> None:
         """Logs `train/<name>` per epoch (mean over steps); checks finiteness first if asked."""

@@ -98,13 +98,6 @@ class StudentModule(ClassifierModule):
             self.teacher.eval()
         return self
 
-    def training_step(self, batch: Any, batch_idx: int) -> Optional[torch.Tensor]:
-        if self.fast_path is not None:  # [fast path] K captured steps of training_loss per batch (kd_lightning/fast)
-            return self.fast_path.training_step(batch, batch_idx)
-        loss, parts = self.training_loss(batch)
-        self.log_train_parts(parts, batch[1].shape[0])
-        return loss
-
     def training_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_S of one batch and its logged parts."""
         images, labels, _ = batch

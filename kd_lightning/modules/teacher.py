@@ -88,13 +88,6 @@ class TeacherModule(ClassifierModule):
     def embed(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(pooled).float(), dim=1)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Optional[torch.Tensor]:
-        if self.fast_path is not None:  # [fast path] K captured steps of training_loss per batch (kd_lightning/fast)
-            return self.fast_path.training_step(batch, batch_idx)
-        loss, parts = self.training_loss(batch)
-        self.log_train_parts(parts, batch[1].shape[0])
-        return loss
-
     def training_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_T of one batch and its logged parts; stages the memory rows that `after_optimizer_step` enqueues."""
         images, labels, ids = batch
