@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KD := $(VENV)/bin/kd-lightning
 SEEDS ?= 0
+# Where runs live: the demo's runs are the tables' plain-CE and paper rows (kd_lightning/ablations/runs.py).
+RUNS ?= runs/ablations
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-fast clean
@@ -15,14 +17,14 @@ help: ## Show this list of targets
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv (if missing) and install kd-lightning with its pinned dependencies
 
-demo: install ## The main job: teacher -> distilled student vs student alone on the synthetic set, CPU, offline
-	$(PY) experiments/demo.py --seeds $(SEEDS)
+demo: install ## The paper's comparison: CE vs intra-class teacher -> KD student, and the student alone (synthetic, CPU)
+	$(PY) experiments/demo.py --seeds $(SEEDS) --runs '$(RUNS)'
 
 test: install ## Run the test suite
 	$(VENV)/bin/pytest -q

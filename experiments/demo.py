@@ -1,84 +1,131 @@
-"""The demo: on the built-in synthetic set, on CPU, offline, train a contrastive teacher, distil a student from it,
-train the same student alone, and print their test accuracy and loss.
+"""The demo is the paper's comparison, on the built-in synthetic set, on CPU, offline:
 
-    python experiments/demo.py --seeds 0 1 2
+    plain cross-entropy teacher  ->  KD student            ("KD")
+    intra-class teacher (paper)  ->  KD student            ("Ours": same student recipe, same seed)
+    the same student alone (cross-entropy only)
 
-Each run is a plain `kd-lightning fit` (configs/demo/); a run whose results.json says "complete" is not re-run.
+and one table: accuracy and loss of all five runs, the teachers' embedding geometry R and soft-label statistics, the
+students' single-/multi-view accuracy, and the paired difference "Ours - KD" (with its 95% interval over seeds).
+
+    python experiments/demo.py --seeds 0 1 2 3 4 [--jobs 2] [--runs runs/ablations] [--out results]
+
+The runs are the ablation tables' own (kd_lightning.ablations: the synthetic proxy is the demo's recipe), in the same
+folders, so `make tables` afterwards trains neither teacher again; a finished run is never re-run.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo"
+from kd_lightning.ablations.recipe import Recipe
+from kd_lightning.ablations.rows import RESULTS_FILE, ROOT, read_results, run_state
+from kd_lightning.ablations.runner import run_jobs
+from kd_lightning.ablations.runs import Job, alone_job, student_job, teacher_job, teacher_run
+from kd_lightning.ablations.stats import paired
+from kd_lightning.utils.atomic import atomic_write_text
+from kd_lightning.utils.wandb_hint import sync_hint
 
-RUNS = {
-    "teacher": ["--config", str(DEMO / "teacher.yaml")],
-    "student_kd": ["--config", str(DEMO / "student.yaml")],
-    "student_alone": ["--config", str(DEMO / "student.yaml"), "--config", str(ROOT / "configs/student/alone.yaml")],
-}
-LABELS = {
-    "teacher": "teacher (intra-class contrastive)",
-    "student_kd": "student distilled from it (KD)",
-    "student_alone": "student alone (CE)",
-}
-
-
-def run(name: str, seed: int, out: Path, extra: list[str]) -> dict:
-    run_dir = out / f"seed{seed}" / name
-    results = run_dir / "results.json"
-    if results.is_file() and json.loads(results.read_text()).get("status") == "complete":
-        print(f"[demo] {name} seed {seed}: already complete in {run_dir}", flush=True)
-        return json.loads(results.read_text())
-    command = [sys.executable, "-m", "kd_lightning", "fit", "--config", str(DEMO / "data.yaml"), *RUNS[name],
-               f"--seed_everything={seed}", f"--trainer.default_root_dir={run_dir}", *extra]
-    print(f"[demo] {name} seed {seed}: {' '.join(command[2:])}", flush=True)
-    started = time.time()
-    subprocess.run(command, check=True, env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")})
-    print(f"[demo] {name} seed {seed}: {time.time() - started:.0f} s", flush=True)
-    return json.loads(results.read_text())
+#: The five runs, in table order (jobs() makes them).
+LABELS = ["teacher: plain cross-entropy", "teacher: intra-class contrastive (paper)",
+          'student: KD from the CE teacher ("KD")', 'student: KD from the intra-class teacher ("Ours")',
+          "student alone (CE)"]
+KD, OURS, ALONE = 2, 3, 4
 
 
-def fmt(values: list[float], scale: float = 1.0) -> str:
+def jobs(recipe: Recipe, seed: int) -> list[Job]:
+    """The demo's runs: the same folders as the tables' plain-CE and paper rows (runs.py names them)."""
+    ce, paper = teacher_run(recipe, ["--model.contrastive_weight=0"]), teacher_run(recipe, [])
+    return [teacher_job(recipe.data, ce, seed), teacher_job(recipe.data, paper, seed),
+            student_job(recipe.data, ce, seed), student_job(recipe.data, paper, seed), alone_job(recipe.data, seed)]
+
+
+def fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     values = [v * scale for v in values if v is not None]
     if not values:
-        return "n/a"
+        return "—"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def main() -> None:
+def metric(results: list[dict], section: str, key: str) -> list[float]:
+    return [r.get(section, {}).get(key) for r in results]
+
+
+def table(results: list[list[dict]], seeds: list[int]) -> str:
+    lines = [
+        f"Synthetic set (20 classes x 4 features, 3,000 train / 1,000 test images, 16x16), CPU, seeds "
+        f"{' '.join(map(str, seeds))}; resnet20 teachers -> resnet8 students, 20 epochs each; last-epoch weights on "
+        "the test split (best-epoch accuracy in brackets); mean ± sample std over seeds.",
+        "",
+        "| run | test acc % | (best-epoch) | test loss | single-view acc % | multi-view acc % | R | soft_intra_var "
+        "| soft_nontarget_mass | soft_entropy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, rows in zip(LABELS, results):
+        teacher = label.startswith("teacher")
+        lines.append("| " + " | ".join([
+            label, fmt(metric(rows, "last", "test/acc"), 100), f"({fmt(metric(rows, 'best', 'test/acc'), 100)})",
+            fmt(metric(rows, "last", "test/loss"), 1, 3),
+            fmt(metric(rows, "last", "test/acc_single_view"), 100), fmt(metric(rows, "last", "test/acc_multi_view"), 100),
+            fmt(metric(rows, "last", "test/ratio"), 1, 4) if teacher else "",
+            fmt(metric(rows, "last", "test/soft_intra_var"), 1, 5),
+            fmt(metric(rows, "last", "test/soft_nontarget_mass"), 1, 4),
+            fmt(metric(rows, "last", "test/soft_entropy"), 1, 4),
+        ]) + " |")
+    lines += ["", "Paired differences over seeds (accuracy in points; mean [95% Student-t interval], * = the interval "
+              "excludes 0):", ""]
+    for name, a, b, section, key, scale, digits in [
+        ("Ours - KD, student test acc (last)", OURS, KD, "last", "test/acc", 100, 2),
+        ("Ours - KD, student test acc (best)", OURS, KD, "best", "test/acc", 100, 2),
+        ("Ours - KD, student single-view acc", OURS, KD, "last", "test/acc_single_view", 100, 2),
+        ("KD - alone, student test acc (last)", KD, ALONE, "last", "test/acc", 100, 2),
+        ("Ours - alone, student test acc (last)", OURS, ALONE, "last", "test/acc", 100, 2),
+        ("intra - CE teacher, R", 1, 0, "last", "test/ratio", 1, 4),
+        ("intra - CE teacher, soft_intra_var", 1, 0, "last", "test/soft_intra_var", 1, 5),
+    ]:
+        d = paired(dict(zip(seeds, metric(results[a], section, key))), dict(zip(seeds, metric(results[b], section, key))))
+        per_seed = ", ".join(f"{v * scale:+.{digits}f}" for v in d.diffs)
+        lines.append(f"- {name}: {d.text(scale, digits)} (per seed: {per_seed})")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "ablations")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="runs trained at once (default: 2, one core each)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to OUT/demo.md")
     args = parser.parse_args()
     started = time.time()
-    results: dict[str, list[dict]] = {name: [] for name in RUNS}
+    recipe, runs = Recipe(data="synthetic"), args.runs.resolve()
+    results: list[list[dict]] = [[] for _ in LABELS]
+    run_dirs: list[Path] = []
     for seed in args.seeds:
-        teacher = run("teacher", seed, args.out, [])
-        ckpt = teacher["checkpoints"]["last"]
-        results["teacher"].append(teacher)
-        results["student_kd"].append(run("student_kd", seed, args.out, [f"--model.teacher_checkpoint={ckpt}"]))
-        results["student_alone"].append(run("student_alone", seed, args.out, []))
-    print(f"\nSynthetic set, CPU, seeds {args.seeds}; last-epoch weights on the test split (best-epoch in brackets).")
-    print(f"| run | test acc % | (best-epoch acc %) | test loss |")
-    print(f"|---|---|---|---|")
-    for name, rows in results.items():
-        last = [r["last"].get("test/acc") for r in rows]
-        best = [r.get("best", {}).get("test/acc") for r in rows]
-        loss = [r["last"].get("test/loss") for r in rows]
-        print(f"| {LABELS[name]} | {fmt(last, 100)} | ({fmt(best, 100)}) | {fmt(loss)} |")
-    gain = [s["last"]["test/acc"] - a["last"]["test/acc"] for s, a in zip(results["student_kd"], results["student_alone"])]
-    print(f"\nKD gain over the student alone: {fmt(gain, 100)} points; total {time.time() - started:.0f} s")
+        seed_jobs = jobs(recipe, seed)
+        print(f"[demo] seed {seed}: {len(seed_jobs)} runs in {runs}/synthetic/ ({args.jobs} at a time)", flush=True)
+        states = run_jobs(seed_jobs, recipe, runs, parallel=args.jobs)
+        failed = [key for key, state in states.items() if state != "complete"]
+        if failed:
+            sys.stderr.write(f"demo: runs did not complete: {', '.join(failed)} (their train.log says why)\n")
+            return 1
+        for i, job in enumerate(seed_jobs):
+            results[i].append(read_results(job.dir(runs) / RESULTS_FILE))
+            run_dirs.append(job.dir(runs))
+    assert all(run_state(r) == "complete" for rows in results for r in rows)
+    text = table(results, args.seeds)
+    print("\n" + text, flush=True)
+    if args.out:
+        atomic_write_text(args.out / "demo.md", "# The demo: the paper's comparison on the synthetic proxy\n\n" + text)
+    hint = sync_hint(run_dirs)  # once, here: the runs themselves keep W&B quiet
+    print(f"total {time.time() - started:.0f} s" + (f"\n{hint}" if hint else ""), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

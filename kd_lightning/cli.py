@@ -6,8 +6,14 @@ A LightningCLI whose model is chosen by `model.class_path` (TeacherModule or Stu
   - always adds a ModelCheckpoint (best by `val/acc` plus last, in `<default_root_dir>/checkpoints/`) and the
     results.json writer;
   - points W&B at the run directory and makes it offline unless credentials are configured;
-  - after `fit`, tests the last-epoch and best-epoch weights and writes results.json;
-  - turns errors a user can cause into one message and exit code 1 (`KD_LIGHTNING_DEBUG=1` shows tracebacks);
+  - after `fit`, tests the last-epoch and best-epoch weights (logged as `test/*` and `test_best/*`) and writes
+    results.json;
+  - turns errors a user can cause into one message and exit code 1 (`KD_LIGHTNING_DEBUG=1` shows tracebacks),
+    including a `--config` file that is not valid YAML (named, with its line);
+  - keeps the console to what matters: a progress bar on a terminal, else one line per epoch (EpochLog); the known
+    harmless library messages silenced one by one (utils/console_noise.py); `trainer.log_every_n_steps` clamped to
+    an epoch (ClampLogInterval); wandb silent when offline (the run files stay; `kd_lightning.utils.wandb_hint.
+    sync_hint` says what to `wandb sync`);
   - loads every checkpoint weights-only (`--weights_only` defaults to true) and checks a `--ckpt_path` file first;
   - resumes exactly: `last.ckpt` is written every epoch and checkpoints carry the random states (RNGState).
 """
@@ -24,9 +30,11 @@ import torch
 import yaml
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from kd_lightning.callbacks import ResultsWriter, RNGState, RunCheckpoint
+from kd_lightning.callbacks import BEST_TEST_PREFIX, ClampLogInterval, EpochLog, ResultsWriter, RNGState, RunCheckpoint
 from kd_lightning.errors import report_user_errors
 from kd_lightning.utils.checkpoint import CheckpointError, load_checkpoint_file
+from kd_lightning.utils.config_files import check_config_files
+from kd_lightning.utils.console_noise import drop_unset_wandb_anonymous, silence_known_noise
 from kd_lightning.utils.hardware import describe_hardware
 
 DEFAULT_RUN_DIR = "runs/default"
@@ -53,13 +61,19 @@ class SaveConfigToRun(SaveConfigCallback):
     """Saves the resolved config to the run directory (overwriting on re-runs) and into the W&B run config."""
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
 
 
+def stdout_is_terminal() -> bool:
+    """Whether a progress bar would reach a terminal (a function, so that tests can stand in for one)."""
+    return sys.stdout.isatty()
+
+
 class KDLightningCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        silence_known_noise()
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
@@ -68,7 +82,8 @@ class KDLightningCLI(LightningCLI):
         })
         defaults = dict(kwargs.get("trainer_defaults") or {"default_root_dir": DEFAULT_RUN_DIR})
         extra = defaults.get("callbacks") or []
-        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RNGState()]
+        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RNGState(), EpochLog(),
+                                 ClampLogInterval()]
         kwargs["trainer_defaults"] = defaults
         super().__init__(*args, **kwargs)
 
@@ -94,9 +109,34 @@ class KDLightningCLI(LightningCLI):
             help="after fit, test the last-epoch and best-epoch weights and record both in results.json",
         )
 
-    # --- W&B: offline unless configured, files inside the run directory --------------------------------------------
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        command_line = sys.argv[1:] if args is None else args
+        if isinstance(command_line, (list, tuple)):
+            check_config_files(command_line)  # before jsonargparse, whose YAML errors do not name the file
+        super().parse_arguments(parser, args)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
+        self._choose_progress_bar(config.trainer)
+        self._configure_wandb(config)
+
+    # --- console: a progress bar on a terminal, else EpochLog's lines ------------------------------------------------
+    @staticmethod
+    def _choose_progress_bar(trainer: Any) -> None:
+        if stdout_is_terminal() or trainer.enable_progress_bar is False:
+            return
+        callbacks = trainer.callbacks or []
+        explicit_bar = any("ProgressBar" in str(getattr(c, "class_path", c)) for c in
+                           (callbacks if isinstance(callbacks, list) else [callbacks]))
+        if not explicit_bar:  # a bar the config names is kept (Lightning refuses one with the flag off)
+            trainer.enable_progress_bar = False
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        drop_unset_wandb_anonymous(self.trainer.loggers)  # before fit creates the W&B run
+
+    # --- W&B: offline unless configured, files inside the run directory, silent when offline ----------------------
+    def _configure_wandb(self, config: Any) -> None:
         root = config.trainer.default_root_dir or DEFAULT_RUN_DIR
         loggers = config.trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
@@ -104,6 +144,9 @@ class KDLightningCLI(LightningCLI):
             if class_path.endswith("WandbLogger"):
                 if "WANDB_MODE" not in os.environ and not wandb_credentials_configured():
                     os.environ["WANDB_MODE"] = "offline"
+                if os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
+                    # Offline, all wandb prints is a banner and a sync hint per run; online it shows the run's URL.
+                    os.environ.setdefault("WANDB_SILENT", "true")
                 if logger.init_args.get("save_dir") in (None, "."):
                     logger.init_args.save_dir = root
                 Path(root).mkdir(parents=True, exist_ok=True)
@@ -191,10 +234,19 @@ class KDLightningCLI(LightningCLI):
             tests["last"] = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)[0]
             best = writer.extra["checkpoints"]["best"]
             if best and Path(best).is_file():
-                tests["best"] = self.trainer.test(
-                    self.model, datamodule=self.datamodule, ckpt_path=best, weights_only=True, verbose=False
-                )[0]
+                tests["best"] = self._test_best(best)
         writer.finalize(self.trainer, self.model, tests)
+
+    def _test_best(self, ckpt_path: str) -> dict:
+        # Under its own names: loggers keep the last value of a name, so W&B's summary would show only this pass.
+        default = self.model.test_log_name
+        self.model.test_log_name = BEST_TEST_PREFIX
+        try:
+            return self.trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False
+            )[0]
+        finally:
+            self.model.test_log_name = default
 
 
 def main(args: Optional[list[str]] = None) -> None:

@@ -13,13 +13,13 @@ from typing import Iterator
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from kd_lightning.data.download import DatasetDownloadError
-from kd_lightning.modules.base import NonFiniteLossError
+from kd_lightning.exceptions import ConfigFileError, NonFiniteLossError
 from kd_lightning.modules.frozen_teacher import TeacherCheckpointError
 from kd_lightning.utils.checkpoint import CheckpointError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError, NotADirectoryError, ValueError, CheckpointError, TeacherCheckpointError, NonFiniteLossError,
-    DatasetDownloadError,
+    DatasetDownloadError, ConfigFileError,
 )
 
 

@@ -1,67 +1,59 @@
 # Ablation tables (docs/ablations.md). Included by the Makefile.
 #
-#   make table-margin                              the CPU proxy: synthetic set, resnet8 -> resnet8, 6 epochs, seed 0
-#   make table-margin MARGIN_SPACE=logit           Table A with the margin in logit space (runs/margin-logit/...)
+#   make tables                                    Tables A, B, C on the CPU proxy (the demo's recipe), seed 0
+#   make table-margin MARGIN_SPACE=logit           Table A with the margin in logit space (results/margin-logit.*)
 #   make table-lambda DATA=cifar100 SEEDS="0 1 2" DEVICES=8
 #
-# Rows are the files configs/ablations/<table>/<row>.yaml. Each (row, seed) is two file targets, the teacher's and the
-# student's results.json, under $(RUNS)/<table id>/$(DATA)/<row>/seed<k>/{teacher,student}/: make skips a finished run,
-# and a run whose results.json is not "complete" (interrupted, failed, killed) is run again by
-# experiments/run_row.py, which resumes it from its last.ckpt. The table is then built from every results.json.
+# Rows are the files configs/ablations/<table>/<row>.yaml. `python -m kd_lightning.ablations run` resolves every row
+# to its run (rows of several tables that ask for the same training share one: kd_lightning/ablations/runs.py), trains
+# each missing run once under $(RUNS)/<data>/<teacher run>/seed<k>/{teacher,student}/ (an interrupted run resumes
+# from its last.ckpt, a finished one is never re-run), JOBS at a time, and writes results/<table id>.md/.csv/.png
+# after every seed.
 
 DATA ?= synthetic
 PAIR ?=
 EPOCHS ?=
 DEVICES ?=
 MARGIN_SPACE ?= prob
-RUNS ?= runs
 RESULTS ?= results
 ARGS ?=
 ABLATIONS ?= configs/ablations
-SEEDS ?= 0
+# On the CPU proxy two single-threaded runs at once use both cores best; one run per GPU (or GPU set) elsewhere.
+JOBS ?= $(if $(filter synthetic,$(DATA)),2,1)
 
-TABLES := margin contrastive lambda
-# Table A in logit space is its own table (its own runs and results files).
-table_id = $(if $(and $(filter margin,$1),$(filter logit,$(MARGIN_SPACE))),margin-logit,$1)
-table_rows = $(sort $(basename $(notdir $(wildcard $(ABLATIONS)/$1/*.yaml))))
-table_runs = $(foreach r,$(call table_rows,$1),$(foreach s,$(SEEDS),$(foreach stage,teacher student,\
-	$(RUNS)/$(call table_id,$1)/$(DATA)/$r/seed$s/$(stage)/results.json)))
+ABLATE := $(PY) -m kd_lightning.ablations
+RECIPE = --data '$(DATA)' --pair '$(PAIR)' --epochs '$(EPOCHS)' --devices '$(DEVICES)' --args '$(ARGS)' \
+	--runs '$(RUNS)' --ablations '$(ABLATIONS)'
+TABLE_RUN = $(ABLATE) run $1 --seeds $(SEEDS) --margin_space $(MARGIN_SPACE) --jobs $(JOBS) --out '$(RESULTS)' $(RECIPE)
 
-RUN_ROW = $(PY) experiments/run_row.py --runs '$(RUNS)' --pair '$(PAIR)' --epochs '$(EPOCHS)' \
-	--devices '$(DEVICES)' --args '$(ARGS)' --ablations '$(ABLATIONS)'
-BUILD_TABLE = $(PY) experiments/build_table.py $(call table_id,$1) --data '$(DATA)' --seeds $(SEEDS) \
-	--runs '$(RUNS)' --out '$(RESULTS)' --ablations '$(ABLATIONS)' --pair '$(PAIR)' --epochs '$(EPOCHS)'
+.PHONY: tables table-margin table-contrastive table-lambda table-build sweeps proxy
 
-# A results.json that exists but is not "complete" must be remade although the file is there: give it a prerequisite
-# that is always newer. (Asked of rows.py only when some of the files exist, so `make help` stays instant.)
-TABLE_FILES := $(foreach t,$(TABLES),$(call table_runs,$t))
-TABLE_STALE := $(if $(wildcard $(TABLE_FILES)),$(shell $(PY) experiments/rows.py stale $(wildcard $(TABLE_FILES))))
-$(TABLE_STALE): FORCE
-FORCE:
+table-margin: install ## Table A, margin δ (DATA PAIR EPOCHS SEEDS DEVICES JOBS MARGIN_SPACE=prob|logit)
+	$(call TABLE_RUN,margin)
 
-# A run's results.json says how far it got: never delete it when make is interrupted.
-.PRECIOUS: $(RUNS)/%/teacher/results.json $(RUNS)/%/student/results.json
+table-contrastive: install ## Table B, contrastive objective (DATA PAIR EPOCHS SEEDS DEVICES JOBS)
+	$(call TABLE_RUN,contrastive)
 
-# Exit status 3 = the run failed and its results.json says so: go on with the other rows, the table shows it.
-$(RUNS)/%/teacher/results.json:
-	$(RUN_ROW) --stage teacher '$*' || test $$? -eq 3
+table-lambda: install ## Table C, weight λ with embedding geometry (DATA PAIR EPOCHS SEEDS DEVICES JOBS)
+	$(call TABLE_RUN,lambda)
 
-# Order-only: the student needs its teacher finished, not newer.
-$(RUNS)/%/student/results.json: | $(RUNS)/%/teacher/results.json
-	$(RUN_ROW) --stage student '$*' || test $$? -eq 3
+tables: install ## Tables A, B and C: each distinct run trained once (10 teachers + students per seed)
+	$(call TABLE_RUN,margin contrastive lambda)
 
-.PHONY: tables table-margin table-contrastive table-lambda sweeps FORCE
+table-build: install ## Rebuild the tables from the runs there are (missing runs show as missing)
+	$(ABLATE) build margin contrastive lambda --seeds $(SEEDS) --margin_space $(MARGIN_SPACE) --out '$(RESULTS)' $(RECIPE)
 
-table-margin: $(call table_runs,margin) ## Table A, margin δ (DATA PAIR EPOCHS SEEDS DEVICES MARGIN_SPACE=prob|logit)
-	$(call BUILD_TABLE,margin)
+sweeps: install ## Regenerate configs/sweeps/<table>.yaml (W&B sweeps) from the table rows
+	$(ABLATE) sweep --write
 
-table-contrastive: $(call table_runs,contrastive) ## Table B, contrastive objective (DATA PAIR EPOCHS SEEDS DEVICES)
-	$(call BUILD_TABLE,contrastive)
-
-table-lambda: $(call table_runs,lambda) ## Table C, weight λ with embedding geometry (DATA PAIR EPOCHS SEEDS DEVICES)
-	$(call BUILD_TABLE,lambda)
-
-tables: table-margin table-contrastive table-lambda ## All three ablation tables
-
-sweeps: ## Regenerate configs/sweeps/<table>.yaml (W&B sweeps) from the table rows
-	$(PY) experiments/sweep.py --write
+# The committed proxy (README): the demo and Tables A-C with 5 seeds, seed by seed, in results/proxy-runs/ (only
+# results.json, recipe.json and config.yaml of each run are committed; checkpoints and logs are git-ignored). It
+# resumes: finished runs are read, not re-run, so it can span sessions.
+PROXY_SEEDS ?= 0 1 2 3 4
+PROXY_RUNS ?= results/proxy-runs
+proxy: install ## The committed 5-seed proxy: demo + Tables A-C under results/proxy-runs (hours on 2 cores; resumes)
+	done=""; for seed in $(PROXY_SEEDS); do done="$$done $$seed"; \
+		$(PY) experiments/demo.py --seeds $$done --runs '$(PROXY_RUNS)' --jobs $(JOBS) --out '$(RESULTS)' && \
+		$(ABLATE) run margin contrastive lambda --seeds $$done --jobs $(JOBS) --runs '$(PROXY_RUNS)' \
+			--out '$(RESULTS)' || exit $$?; \
+	done

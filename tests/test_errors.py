@@ -120,6 +120,11 @@ CASES: dict[str, Case] = {
     "unknown_key_in_config_file": Case(
         lambda f: ["fit", f"--config={f['bad_yaml']}", *TINY_DATA, *QUIET],
         lambda f: ["bogus_option", "not accepted"], code=2),
+    # A YAML syntax error in the second of two config files: that file is named, with the line.
+    "config_file_not_yaml": Case(
+        lambda f: ["fit", f"--config={f['good_yaml']}", "-c", str(f["broken_yaml"]), *TINY_DATA, *QUIET],
+        lambda f: [f"config file {f['broken_yaml']} is not valid YAML: line 3, column 2",
+                   "while parsing a block mapping at line 1, column 1", "fix the file"]),
     # Training diverges in epoch 1 (see test_non_finite_loss_keeps_the_last_good_checkpoint).
     "non_finite_loss": Case(
         lambda f: teacher_args(f["tmp"] / "diverged", f"--model.objective={NAN_AT_STEP_5}", "--model.gate_delta=null",
@@ -159,6 +164,10 @@ def files(tmp_path_factory, trained_teacher: Path) -> dict:
     f["bad_yaml"] = tmp / "bad.yaml"
     f["bad_yaml"].write_text("model:\n  class_path: kd_lightning.modules.TeacherModule\n  init_args:\n"
                              "    backbone: resnet8\n    bogus_option: 1\n")
+    f["good_yaml"] = tmp / "good.yaml"
+    f["good_yaml"].write_text("model:\n  class_path: kd_lightning.modules.TeacherModule\n")
+    f["broken_yaml"] = tmp / "broken.yaml"
+    f["broken_yaml"].write_text("trainer:\n  max_epochs: 1\n lr: 0.1\n")  # line 3 is indented one space too few
     return f
 
 
@@ -231,3 +240,46 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(outcomes: dict, files: d
     results = read_results(run_dir)
     assert results["status"] == "failed" and "NonFiniteLossError" in results["error"]
     assert [h["epoch"] for h in results["history"]] == [0]
+
+
+# --- where the error classes live ------------------------------------------------------------------------------------
+def _package_imports() -> dict[str, set[str]]:
+    """kd_lightning's subpackages and the others each imports anywhere (imports inside functions included)."""
+    import ast
+
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    graph: dict[str, set[str]] = {}
+    for path in (ROOT / "kd_lightning").rglob("*.py"):
+        source = package(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            graph.setdefault(source, set()).update(
+                package(n) for n in names if n.startswith("kd_lightning.") and package(n) != source)
+    return graph
+
+
+def test_packages_do_not_import_each_other_in_a_cycle():
+    from kd_lightning import exceptions, modules
+
+    assert modules.NonFiniteLossError is exceptions.NonFiniteLossError  # still importable where tests and users look
+    graph = _package_imports()
+    assert graph["kd_lightning.exceptions"] == set()  # importable from anywhere
+    # The fast path raises NonFiniteLossError; it used to import it from the modules built on the fast path.
+    assert "kd_lightning.modules" not in graph["kd_lightning.fast"] | graph["kd_lightning.callbacks"]
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt == goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    cycles = sorted(p for p in graph if reaches(p, p))
+    assert not cycles, f"packages in an import cycle: {cycles}"

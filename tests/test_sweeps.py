@@ -13,14 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
+from kd_lightning.ablations import recipe, rows, runs, sweep, sweep_expand
 
-import rows  # noqa: E402
-import sweep  # noqa: E402
-import sweep_expand  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SWEEP_FILES = {table: ROOT / "configs" / "sweeps" / f"{table}.yaml" for table in rows.TABLES}
+TEACHER_TABLES = [t for t in rows.TABLES if t not in rows.STUDENT_TABLES]
 
 
 def load(table: str) -> dict:
@@ -41,10 +39,14 @@ def test_sweep_file_is_a_wandb_grid_sweep(table):
     assert config["metric"] == {"name": "student/test_acc", "goal": "maximize"}
     command = config["command"]
     # W&B's macros: env, interpreter, program first; the agent's arguments last, after the fixed ones.
-    assert command[:3] == ["${env}", "${interpreter}", "${program}"] and command[-1] == "${args}"
+    assert command[:5] == ["${env}", "${interpreter}", "-m", "kd_lightning.ablations", "sweep"]
+    assert command[-1] == "${args}"
     assert f"--table={table}" in command
     for name in config["parameters"]:
-        assert name == "seed_everything" or name.startswith("model."), name  # the CLI's dotted keys
+        if table in rows.STUDENT_TABLES:  # Table D: the program's own options, teacher x student method
+            assert name in ("seed_everything", "teacher", "student"), name
+        else:
+            assert name == "seed_everything" or name.startswith("model."), name  # the CLI's dotted keys
 
 
 def test_sweep_files_pass_wandbs_own_schema():
@@ -80,7 +82,7 @@ def print_config(argv: list[str], which: str) -> tuple[list[str], list[dict]]:
 
 def test_every_agent_command_puts_the_swept_value_where_it_belongs():
     jobs = []
-    for table in rows.TABLES:
+    for table in TEACHER_TABLES:
         config = load(table)
         engine, commands = sweep_expand.expand(config)
         table_rows = rows.load_rows(table)
@@ -88,16 +90,16 @@ def test_every_agent_command_puts_the_swept_value_where_it_belongs():
         assert len(swept) == 1
         assert len(commands) == len(table_rows) * len(config["parameters"]["seed_everything"]["values"]), engine
         for argv in commands:
-            assert argv[:3] == ["/usr/bin/env", "python", "experiments/sweep.py"]
-            assert argv[3:5] == [f"--table={table}", "--data=synthetic"]  # fixed arguments before the agent's
+            assert argv[:5] == ["/usr/bin/env", "python", "-m", "kd_lightning.ablations", "sweep"]
+            assert argv[5:7] == [f"--table={table}", "--data=synthetic"]  # fixed arguments before the agent's
             # The swept value lands in the teacher; the student's config (seed, teacher checkpoint) is checked on the
             # first run of each table only, to keep the test short (each command is a fresh process: ~5 s).
             jobs.append((table, argv, "both" if argv is commands[0] else "teacher"))
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda job: (job[0], *print_config(job[1], job[2])), jobs))
 
-    seen = {table: set() for table in rows.TABLES}
-    students = {table: 0 for table in rows.TABLES}
+    seen = {table: set() for table in TEACHER_TABLES}
+    students = {table: 0 for table in TEACHER_TABLES}
     for table, argv, docs in results:
         teacher, student = docs if len(docs) == 2 else (docs[0], None)
         config = load(table)
@@ -108,13 +110,14 @@ def test_every_agent_command_puts_the_swept_value_where_it_belongs():
         for key, want in expected_landing(name, value).items():
             assert landed(init, key) == want, (argv, key)
         assert teacher["seed_everything"] == seed
-        # The fixed configs are underneath: the proxy's teacher, data and schedule.
+        # The fixed configs are underneath: the proxy's (the demo's) teacher, data and schedule.
         assert teacher["model"]["class_path"] == "kd_lightning.modules.TeacherModule"
-        assert init["backbone"] == "resnet8" and teacher["trainer"]["max_epochs"] == 6
-        assert teacher["data"]["init_args"]["train_size"] == 320
-        # The agent run is the row the value belongs to: the Makefile's run folder, and the row file's values.
-        row_dir = Path(teacher["trainer"]["default_root_dir"]).parent.parent.name
-        row = {r.name: r for r in rows.load_rows(table)}[row_dir]
+        assert init["backbone"] == "resnet20" and teacher["trainer"]["max_epochs"] == 20
+        assert teacher["data"]["init_args"]["train_size"] == 3000
+        # The agent run is the run the value's row resolves to: the Makefile's run folder, and the row's values.
+        run_name = Path(teacher["trainer"]["default_root_dir"]).parent.parent.name
+        proxy = recipe.Recipe(data="synthetic")
+        row = {runs.row_teacher(proxy, r).name: r for r in rows.load_rows(table)}[run_name]
         for key, want in row.model_overrides().items():
             assert landed(init, key) == want, (row.name, key)
         if student is not None:
@@ -126,9 +129,25 @@ def test_every_agent_command_puts_the_swept_value_where_it_belongs():
             assert student["trainer"]["default_root_dir"] == str(
                 Path(teacher["trainer"]["default_root_dir"]).parent / "student")
         seen[table].add(row.name)
-    for table in rows.TABLES:
+    for table in TEACHER_TABLES:
         assert seen[table] == {r.name for r in rows.load_rows(table)}  # every row once
         assert students[table] == 1
+
+
+def test_table_d_agents_train_each_student_method_from_each_teacher():
+    config = load("students")
+    _, commands = sweep_expand.expand(config)
+    pairs = sorted((a.split("=", 1)[1], b.split("=", 1)[1]) for argv in commands
+                   for a in argv if a.startswith("--teacher=") for b in argv if b.startswith("--student="))
+    assert pairs == sorted((t, m) for t in ("plain_ce", "paper") for m in ("kd", "dkd", "dist", "crd", "kd_rkd"))
+    argv = next(c for c in commands if "--teacher=paper" in c and "--student=dkd" in c)
+    _, (teacher, student) = print_config(argv, "both")
+    assert teacher["model"]["init_args"]["contrastive_weight"] == 0.05  # the paper's teacher
+    init = student["model"]["init_args"]
+    assert init["distillation"]["class_path"] == "kd_lightning.distillation.DKDLoss"
+    assert init["distillation_warmup_epochs"] == 2 and init["ce_weight"] == 1.0  # the proxy's scaled ramp
+    assert student["trainer"]["default_root_dir"].endswith("synthetic/paper/seed0/student-dkd")
+    assert init["teacher_checkpoint"] == str(Path(teacher["trainer"]["default_root_dir"]) / "checkpoints" / "last.ckpt")
 
 
 def test_full_scale_sweep_files_fix_their_arguments_before_the_agents(tmp_path):
@@ -136,7 +155,7 @@ def test_full_scale_sweep_files_fix_their_arguments_before_the_agents(tmp_path):
                        "--epochs=240", f"--out={tmp_path}"])
     assert code == 0
     config = yaml.safe_load((tmp_path / "lambda.yaml").read_text())
-    assert config["command"][3:] == ["--table=lambda", "--data=cifar100", "--pair=wrn_40_2->wrn_16_2", "--epochs=240",
+    assert config["command"][5:] == ["--table=lambda", "--data=cifar100", "--pair=wrn_40_2->wrn_16_2", "--epochs=240",
                                      "${args}"]
     _, commands = sweep_expand.expand(config)
     assert len(commands) == 15
@@ -146,7 +165,7 @@ def test_full_scale_sweep_files_fix_their_arguments_before_the_agents(tmp_path):
     assert teacher["model"]["init_args"]["contrastive_weight"] == 0.5 and teacher["seed_everything"] == 2
     assert teacher["data"]["class_path"] == "kd_lightning.data.CIFAR100DataModule"
     assert teacher["trainer"]["max_epochs"] == 240
-    assert teacher["trainer"]["default_root_dir"].endswith("runs/lambda/cifar100/lambda_0.5/seed2/teacher")
+    assert teacher["trainer"]["default_root_dir"].endswith("runs/ablations/cifar100/contrastive_weight=0.5/seed2/teacher")
 
 
 def test_values_map_back_to_rows():
@@ -154,7 +173,6 @@ def test_values_map_back_to_rows():
     # W&B's backend may hand 0.0 back as 0: still the λ = 0 row.
     assert sweep.row_for_args(lam, {"model.contrastive_weight": "0"}).name == "lambda_0"
     assert sweep.row_for_args(lam, {"model.contrastive_weight": "0.2"}) is None
-    assert sweep.custom_row_name({"model.contrastive_weight": "0.2"}) == "sweep-contrastive_weight=0.2"
     margin = rows.load_rows("margin")
     assert sweep.row_for_args(margin, {"model.init_args": "{gate_delta: null}"}).name == "no_gate"
     assert sweep.row_for_args(margin, {"model.init_args": "{contrastive_weight: 0}"}).name == "plain_ce"
@@ -171,17 +189,17 @@ def fake_complete(run_dir: Path, acc: float) -> None:
 
 def test_agent_program_reports_the_student_accuracy(tmp_path):
     # A row that make (or another agent) already finished: the agent run trains nothing and reports its numbers.
-    runs = tmp_path / "runs"
-    key = runs / "lambda" / "synthetic" / "lambda_0.05" / "seed0"
+    runs_dir = tmp_path / "runs"
+    key = runs_dir / "synthetic" / "paper" / "seed0"  # λ = 0.05 is the paper's teacher (shared with Tables A and B)
     fake_complete(key / "teacher", 0.9)
     fake_complete(key / "student", 0.75)
     command = sweep_expand.expand(load("lambda"))[1][2]  # λ = 0.05
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")},
            "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
-    proc = subprocess.run([sys.executable, *command[2:], f"--runs={runs}"], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, *command[2:], f"--runs={runs_dir}"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "lambda/synthetic/lambda_0.05/seed0/teacher: complete, not re-run" in proc.stdout
+    assert "synthetic/paper/seed0/teacher: complete, not re-run" in proc.stdout
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["student/test_acc"] == 0.75 and summary["student/test_acc_best"] == 0.76
     assert summary["teacher/test_acc"] == 0.9

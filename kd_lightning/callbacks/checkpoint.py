@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from kd_lightning.modules.base import NonFiniteLossError
+from kd_lightning.exceptions import NonFiniteLossError
 
 
 class RunCheckpoint(ModelCheckpoint):

@@ -20,6 +20,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from kd_lightning.utils.atomic import atomic_write_json
 
 RESULTS_FILE = "results.json"
+# What the best-epoch test pass after fit logs its metrics under (`test_best/acc`), so that loggers keep both passes;
+# results.json files it as `test/acc` in its "best" section.
+BEST_TEST_PREFIX = "test_best"
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, float]:
@@ -115,9 +118,14 @@ class ResultsWriter(pl.Callback):
             atomic_write_json(self.path(trainer), self.summary(trainer, pl_module, status))
 
     def finalize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tests: dict[str, dict[str, Any]]) -> None:
-        """Adds test metrics measured after fit: `tests` maps "last"/"best" to `trainer.test` output."""
+        """Adds test metrics measured after fit: `tests` maps "last"/"best" to `trainer.test` output.
+
+        Metrics logged under `test_best/` are recorded as `test/` (the section already says which weights).
+        """
         summary = self.summary(trainer, pl_module, status="complete")
+        best_prefix = f"{BEST_TEST_PREFIX}/"
         for which, metrics in tests.items():
-            summary.setdefault(which, {}).update(_plain(metrics))
+            named = {("test/" + k[len(best_prefix):] if k.startswith(best_prefix) else k): v for k, v in metrics.items()}
+            summary.setdefault(which, {}).update(_plain(named))
         if trainer.is_global_zero:
             atomic_write_json(self.path(trainer), summary)

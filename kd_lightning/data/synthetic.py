@@ -316,6 +316,12 @@ class SyntheticDataModule(KDDataModule):
         self.val_set = SyntheticImages(splits["val"].noisy, splits["val"].labels, splits["val"].shown)
         self.test_set = SyntheticImages(splits["test"].noisy, splits["test"].labels, splits["test"].shown)
 
+    @property
+    def test_single_view(self) -> Optional[torch.Tensor]:
+        """[test_size] bool, indexed by test id: images showing exactly one feature of their class. The modules
+        split test accuracy by it (`test/acc_single_view`, `test/acc_multi_view`; METHOD.md 8)."""
+        return None if self.test_set is None else self.test_set.single_view
+
     # --- transforms ----------------------------------------------------------------------------------------------
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """(image - mean) / std per channel; works on [C, H, W] and [N, C, H, W]."""

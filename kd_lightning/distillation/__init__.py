@@ -1,5 +1,14 @@
-"""Student-side losses (METHOD.md section 5): KD on logits, optional RKD on pooled embeddings."""
+"""Student-side losses (METHOD.md section 5): the distillation term (KD, DKD, DIST or CRD) and the optional RKD.
+
+Every distillation term is a `DistillationObjective`, chosen by class path as `StudentModule(distillation=...)`.
+"""
+from kd_lightning.distillation.base import DistillationObjective, Outputs
+from kd_lightning.distillation.crd import CRDLoss
+from kd_lightning.distillation.crd_memory import EmbeddingMemory
+from kd_lightning.distillation.dist import DISTLoss
+from kd_lightning.distillation.dkd import DKDLoss
 from kd_lightning.distillation.kd import KDLoss
 from kd_lightning.distillation.rkd import RKDLoss
 
-__all__ = ["KDLoss", "RKDLoss"]
+__all__ = ["CRDLoss", "DISTLoss", "DKDLoss", "DistillationObjective", "EmbeddingMemory", "KDLoss", "Outputs",
+           "RKDLoss"]

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from kd_lightning.distillation.base import DistillationObjective, Outputs, check_logits, check_positive
 
 
-class KDLoss(nn.Module):
+class KDLoss(DistillationObjective):
     """T² · KL( softmax(o_t / T) || softmax(o_s / T) ), summed over classes and averaged over the batch.
 
     The T² factor keeps the gradient scale independent of T. Teacher logits are detached: the teacher is frozen.
@@ -17,19 +19,16 @@ class KDLoss(nn.Module):
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
-        if not temperature > 0:  # also rejects NaN
-            raise ValueError(f"temperature must be > 0, got temperature={temperature!r}; use e.g. temperature=4.0")
-        self.temperature = float(temperature)
+        self.temperature = check_positive("temperature", temperature, "4.0")
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
 
+    def distill(self, student: Outputs, teacher: Outputs, labels: Tensor, ids: Tensor) -> Tensor:
+        return self(student.logits, teacher.logits)
+
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
-            raise ValueError(
-                f"student and teacher logits must both be [B, C], got {tuple(student_logits.shape)} "
-                f"and {tuple(teacher_logits.shape)}"
-            )
+        check_logits(student_logits, teacher_logits)
         t = self.temperature
         # float32 softmax/KL even under autocast: small probabilities matter for the dark knowledge.
         with torch.autocast(device_type=student_logits.device.type, enabled=False):

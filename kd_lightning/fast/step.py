@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, get_args
 import torch
 from torch import Tensor
 
+from kd_lightning.exceptions import NonFiniteLossError
 from kd_lightning.fast.graph import CapturedStep
 from kd_lightning.fast.metrics import DeviceMetrics, NonFiniteRecord
 from kd_lightning.fast.optim import InStepSGD
@@ -215,8 +216,6 @@ class FastStep:
     def _raise_if_non_finite(self, record: Optional[NonFiniteRecord]) -> None:
         if record is None or not getattr(self.module, "check_finite", True):
             return
-        from kd_lightning.modules.base import NonFiniteLossError  # here: modules import this package
-
         raise NonFiniteLossError(
             f"{record.describe()} (fast path: detected at global step {self.module.global_step}, the check runs "
             f"asynchronously). Training stopped; the last good checkpoint is kept (resume from it with --ckpt_path "

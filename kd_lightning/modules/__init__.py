@@ -1,5 +1,6 @@
 """LightningModules: the contrastive teacher and the distilled student."""
-from kd_lightning.modules.base import ClassifierModule, NonFiniteLossError
+from kd_lightning.exceptions import NonFiniteLossError  # where it lives; kept here for existing imports
+from kd_lightning.modules.base import ClassifierModule
 from kd_lightning.modules.student import StudentModule
 from kd_lightning.modules.teacher import TeacherModule
 

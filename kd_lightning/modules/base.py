@@ -9,13 +9,11 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from kd_lightning.exceptions import NonFiniteLossError  # re-exported: raised here and by the fast path
 from kd_lightning.fast import CompileMode, FastPathMixin
 from kd_lightning.models import create_model
 from kd_lightning.modules.geometry import EmbeddingGeometry
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN or inf; the message names the step and the loss part."""
+from kd_lightning.modules.soft_labels import SoftLabelStats, ViewAccuracy
 
 
 class ClassifierModule(FastPathMixin, pl.LightningModule):
@@ -38,9 +36,15 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
         compile: fast path: torch.compile the step's loss with this mode (null: no compile).
         cuda_graph: fast path: capture the whole step in one CUDA graph (GPU only).
         steps_per_batch: fast path: optimizer steps per training batch (needs data.gpu_resident=true when > 1).
+        soft_label_temperature: T of the soft labels p = softmax(o / T) whose test-set statistics are logged
+            (`test/soft_intra_var`, `test/soft_nontarget_mass`, `test/soft_entropy`; METHOD.md 8): the KD
+            temperature, 4, so that they describe what a student is taught.
     """
 
     train_views: int = 1
+    #: The name test metrics are logged under: the CLI sets "test_best" for the best-epoch test pass after fit, so
+    #: loggers (W&B's summary) keep both passes; results.json maps both back to `test/*` in its last/best sections.
+    test_log_name: str = "test"
 
     def __init__(
         self,
@@ -56,6 +60,7 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
         compile: Optional[CompileMode] = None,
         cuda_graph: bool = True,
         steps_per_batch: int = 1,
+        soft_label_temperature: float = 4.0,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -71,6 +76,9 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
         self.test_acc, self.test_acc_top5 = metric(1), metric(min(5, num_classes))
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_geometry = EmbeddingGeometry(num_classes, self.embedding_dim)
+        self.test_soft_labels = SoftLabelStats(num_classes, soft_label_temperature)
+        self.test_view_acc = ViewAccuracy()
+        self._test_single_view: Optional[torch.Tensor] = None
 
     # --- network ---------------------------------------------------------------------------------------------------
     @property
@@ -129,7 +137,7 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
 
     # --- evaluation ------------------------------------------------------------------------------------------------
     def _evaluate(self, batch: Any, stage: str) -> None:
-        images, labels, _ = batch
+        images, labels, ids = batch
         pooled, logits = self.pooled_and_logits(images)
         loss = F.cross_entropy(logits.float(), labels, reduction="none")
         acc, acc5, mean_loss = (getattr(self, f"{stage}_{m}") for m in ("acc", "acc_top5", "loss"))
@@ -137,11 +145,15 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
         acc5.update(logits, labels)
         mean_loss.update(loss)
         log = dict(on_step=False, on_epoch=True)
-        self.log(f"{stage}/acc", acc, **log)
-        self.log(f"{stage}/acc_top5", acc5, **log)
-        self.log(f"{stage}/loss", mean_loss, **log)
+        name = self.test_log_name if stage == "test" else stage
+        self.log(f"{name}/acc", acc, **log)
+        self.log(f"{name}/acc_top5", acc5, **log)
+        self.log(f"{name}/loss", mean_loss, **log)
         if stage == "test":
             self.test_geometry.update(self.embed(pooled), labels)
+            self.test_soft_labels.update(logits, labels)
+            if self._test_single_view is not None:
+                self.test_view_acc.update(logits, labels, self._test_single_view[ids])
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -149,10 +161,19 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def on_test_epoch_start(self) -> None:
+        # A datamodule that knows which test images show a single view of their class (the synthetic set) says so.
+        flags = getattr(getattr(self.trainer, "datamodule", None), "test_single_view", None)
+        self._test_single_view = None if flags is None else flags.to(self.device)
+
     def on_test_epoch_end(self) -> None:
-        geometry = self.test_geometry.compute()
-        self.log_dict({f"test/{k}": v for k, v in geometry.items()}, sync_dist=False)
-        self.test_geometry.reset()
+        # Already reduced over DDP ranks by compute(): logged as plain values.
+        values = {**self.test_geometry.compute(), **self.test_soft_labels.compute()}
+        if self._test_single_view is not None:
+            values.update(self.test_view_acc.compute())
+        self.log_dict({f"{self.test_log_name}/{k}": v for k, v in values.items()}, sync_dist=False)
+        for metric in (self.test_geometry, self.test_soft_labels, self.test_view_acc):
+            metric.reset()
 
     # --- optimisation ----------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

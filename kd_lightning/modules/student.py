@@ -1,13 +1,15 @@
-"""The student: distilled from a frozen teacher with KD (+ optional RKD), METHOD.md 5."""
+"""The student: distilled from a frozen teacher with a pluggable distillation term (+ optional RKD), METHOD.md 5."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from jsonargparse import lazy_instance
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy
 
-from kd_lightning.distillation import KDLoss, RKDLoss
+from kd_lightning.distillation import DistillationObjective, KDLoss, Outputs, RKDLoss
 from kd_lightning.fast import CompileMode
 from kd_lightning.modules.base import ClassifierModule
 from kd_lightning.modules.frozen_teacher import FrozenTeacher, load_frozen_teacher
@@ -15,24 +17,33 @@ from kd_lightning.objectives.distributed import gather_batch
 
 
 class StudentModule(ClassifierModule):
-    """L_S = α · CE + β · T²·KL(teacher || student) [+ RKD on pooled embeddings].
+    """L_S = α · CE + β · ramp · distillation(student, teacher) [+ RKD on pooled embeddings].
 
     The teacher is held outside the module's registered children: the optimizer never sees it, DDP never wraps
     it, checkpoints never contain it, and it stays in eval mode. Device and dtype moves still reach it (`_apply`).
+    The distillation term is a registered child: its parameters (CRD's heads) are trained and checkpointed with
+    the student, its buffers (CRD's memory) are checkpointed.
 
     Args:
         backbone: the student network, a name from `kd_lightning.models.MODEL_NAMES`.
         num_classes: linked from the datamodule; must equal the teacher's.
-        teacher_checkpoint: path of the teacher's checkpoint (e.g. runs/teacher/checkpoints/last.ckpt). Needed
-            unless both kd_weight and the RKD weights are 0 (the student trained alone).
-        kd_temperature: T.
+        teacher_checkpoint: path of the teacher: a kd-lightning teacher checkpoint (e.g.
+            runs/teacher/checkpoints/last.ckpt) or a RepDistiller / mdistiller teacher file (with teacher_backbone).
+            Needed unless both kd_weight and the RKD weights are 0 (the student trained alone).
+        teacher_backbone: the architecture of a RepDistiller / mdistiller teacher file, which records none (e.g.
+            resnet32x4 for save/models/resnet32x4_vanilla/ckpt_epoch_240.pth); null for kd-lightning checkpoints.
+        distillation: the distillation term (class path): KDLoss (default, T = 4), DKDLoss, DISTLoss or CRDLoss;
+            configs/student/{dkd,dist,crd}.yaml hold each paper's CIFAR-100 setting.
         ce_weight: α.
-        kd_weight: β.
+        kd_weight: β, the weight of the distillation term (0 with ce_weight 1: the student alone).
+        distillation_warmup_epochs: ramp the distillation term linearly over the first epochs, epoch e (from 0)
+            weighing min(1, (e + 1) / warmup) as mdistiller's DKD does (20 for DKD); 0: no ramp.
         rkd_distance_weight: RKD distance term weight (25 in "Ours+RKD"; 0 disables).
         rkd_angle_weight: RKD angle term weight (50 in "Ours+RKD"; 0 disables).
         lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite: see ClassifierModule.
-        gather_distributed: under DDP, compute RKD's pairwise relations over the whole global batch (gradient-correct
-            all-gather), as one process would; false: within each rank's batch. CE and KD are per-sample and need none.
+        gather_distributed: under DDP, compute terms over relations between samples (RKD, DIST's intra-class
+            correlation) over the whole global batch (gradient-correct all-gather), as one process would; false:
+            within each rank's batch. CE, KD and DKD are per-sample and need none; CRD's memory is global anyway.
         fast, compile, cuda_graph, steps_per_batch: the fast path, see ClassifierModule.
     """
 
@@ -43,9 +54,11 @@ class StudentModule(ClassifierModule):
         backbone: str = "resnet8x4",
         num_classes: int = 100,
         teacher_checkpoint: Optional[str] = None,
-        kd_temperature: float = 4.0,
+        teacher_backbone: Optional[str] = None,
+        distillation: DistillationObjective = lazy_instance(KDLoss, temperature=4.0),
         ce_weight: float = 0.1,
         kd_weight: float = 0.9,
+        distillation_warmup_epochs: int = 0,
         rkd_distance_weight: float = 0.0,
         rkd_angle_weight: float = 0.0,
         lr: float = 0.05,
@@ -62,25 +75,39 @@ class StudentModule(ClassifierModule):
     ) -> None:
         super().__init__(backbone, num_classes, lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite,
                          fast=fast, compile=compile, cuda_graph=cuda_graph, steps_per_batch=steps_per_batch)
-        self.save_hyperparameters()
+        # The term is a module (not a plain value a weights-only checkpoint can hold); its config is in config.yaml.
+        self.save_hyperparameters(ignore=["distillation"])
         self.gather_distributed = gather_distributed
         for name, value in (("ce_weight", ce_weight), ("kd_weight", kd_weight),
-                            ("rkd_distance_weight", rkd_distance_weight), ("rkd_angle_weight", rkd_angle_weight)):
+                            ("rkd_distance_weight", rkd_distance_weight), ("rkd_angle_weight", rkd_angle_weight),
+                            ("distillation_warmup_epochs", distillation_warmup_epochs)):
             if value < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {value}")
         self.ce_weight, self.kd_weight = ce_weight, kd_weight
-        self.kd_loss = KDLoss(kd_temperature)
+        self.warmup_epochs = distillation_warmup_epochs
+        self.use_distillation = kd_weight > 0
+        if fast and self.use_distillation and not distillation.supports_fast_path:
+            raise ValueError(
+                f"model.distillation={type(distillation).__name__} cannot run on the fast path (its step draws "
+                "random negatives and updates a memory outside the captured graph); set --model.fast=false"
+            )
         self.use_rkd = rkd_distance_weight > 0 or rkd_angle_weight > 0
         self.rkd_loss = RKDLoss(rkd_distance_weight, rkd_angle_weight)
-        needs_teacher = kd_weight > 0 or self.use_rkd
+        needs_teacher = self.use_distillation or self.use_rkd
         if needs_teacher and not teacher_checkpoint:
             raise ValueError(
                 "model.teacher_checkpoint is not set but kd_weight/rkd weights ask for a teacher; pass "
                 "--model.teacher_checkpoint=runs/<teacher>/checkpoints/last.ckpt, or set --model.kd_weight=0 "
                 "--model.ce_weight=1 to train the student alone"
             )
-        teacher = load_frozen_teacher(teacher_checkpoint, num_classes) if needs_teacher else None
+        teacher = (load_frozen_teacher(teacher_checkpoint, num_classes, teacher_backbone)
+                   if needs_teacher else None)
         object.__setattr__(self, "teacher", teacher)  # deliberately not a registered submodule
+        self.distillation = distillation
+        if teacher is not None and self.use_distillation:
+            distillation.bind(self.backbone.num_features, teacher.num_features)
+        # A tensor, not a float: the fast path's captured step reads its current value at every replay.
+        self.register_buffer("distillation_ramp", torch.ones(()), persistent=False)
         self.teacher_val_acc = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
         self.teacher_val_acc_value: Optional[float] = None
 
@@ -98,22 +125,55 @@ class StudentModule(ClassifierModule):
             self.teacher.eval()
         return self
 
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or not self.use_distillation:
+            return
+        train_set = getattr(self.trainer.datamodule, "train_set", None) if self.trainer.datamodule else None
+        if train_set is not None:
+            self.distillation.bind_train_set(len(train_set))
+        # Every rank keeps the term's state identical by construction (seeded, updated from all ranks' rows), so
+        # DDP's broadcast of rank 0's buffers before every forward would only cost time (CRD: 2 x N x 128 floats)
+        # and hide a divergence: exclude them (torch's documented hook for this, read when DDP wraps the module).
+        names = [f"distillation.{name}" for name, _ in self.distillation.named_buffers()]
+        if names:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, names)
+
+    def on_train_epoch_start(self) -> None:
+        ramp = 1.0 if self.warmup_epochs == 0 else min(1.0, (self.current_epoch + 1) / self.warmup_epochs)
+        self.distillation_ramp.fill_(ramp)
+
     def training_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_S of one batch and its logged parts."""
-        images, labels, _ = batch
+        images, labels, ids = batch
         pooled, logits = self.pooled_and_logits(images)
         loss_ce = F.cross_entropy(logits.float(), labels)
         parts = {"loss_ce": loss_ce}
         loss = self.ce_weight * loss_ce
         if self.teacher is not None:
             teacher_pooled, teacher_logits = self.teacher(images)
-            parts["loss_kd"] = self.kd_loss(logits.float(), teacher_logits.float())
-            loss = loss + self.kd_weight * parts["loss_kd"]
+            student = Outputs(pooled.float(), logits.float())
+            teacher = Outputs(teacher_pooled.float(), teacher_logits.float())
+            if self.use_distillation:
+                parts["loss_kd"] = self._distill(student, teacher, labels, ids)
+                loss = loss + self.kd_weight * self.distillation_ramp * parts["loss_kd"]
             if self.use_rkd:
-                pair = (pooled.float(), teacher_pooled.float())
+                pair = (student.pooled, teacher.pooled)
                 parts["loss_rkd"] = self.rkd_loss(*(gather_batch(*pair) if self.gather_distributed else pair))
                 loss = loss + parts["loss_rkd"]
         return loss, {"loss": loss, **parts}
+
+    def _distill(self, student: Outputs, teacher: Outputs, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.gather_distributed and self.distillation.relates_batch:
+            *outputs, labels, ids = gather_batch(*student, *teacher, labels, ids)
+            student, teacher = Outputs(*outputs[:2]), Outputs(*outputs[2:])
+        return self.distillation.distill(student, teacher, labels, ids)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
+        if self.use_distillation:
+            self.distillation.after_optimizer_step()
 
     @torch.no_grad()
     def on_fit_start(self) -> None:

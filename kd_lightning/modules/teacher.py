@@ -35,6 +35,7 @@ class TeacherModule(ClassifierModule):
             false contrasts within each rank's rows. The memory is filled from all ranks' rows either way.
         lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite: see ClassifierModule.
         fast, compile, cuda_graph, steps_per_batch: the fast path, see ClassifierModule.
+        soft_label_temperature: T of the logged soft-label statistics, see ClassifierModule.
     """
 
     train_views = 2
@@ -60,6 +61,7 @@ class TeacherModule(ClassifierModule):
         compile: Optional[CompileMode] = None,
         cuda_graph: bool = True,
         steps_per_batch: int = 1,
+        soft_label_temperature: float = 4.0,
     ) -> None:
         if contrastive_weight < 0:
             raise ValueError(f"model.contrastive_weight (λ) must be >= 0, got {contrastive_weight}")
@@ -69,7 +71,8 @@ class TeacherModule(ClassifierModule):
             raise ValueError(f"model.gate_delta (δ) must be >= 0, got {gate_delta}; use null to disable the gate")
         self.projection_dim = projection_dim
         super().__init__(backbone, num_classes, lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite,
-                         fast=fast, compile=compile, cuda_graph=cuda_graph, steps_per_batch=steps_per_batch)
+                         fast=fast, compile=compile, cuda_graph=cuda_graph, steps_per_batch=steps_per_batch,
+                         soft_label_temperature=soft_label_temperature)
         self.save_hyperparameters(ignore=["objective"])
         self.projection = (
             nn.Linear(self.backbone.num_features, projection_dim) if projection_dim else nn.Identity()

@@ -1,35 +1,32 @@
 """Build an ablation table from the results.json of its runs: results/<table id>.md, .csv and .png.
 
-    python experiments/build_table.py margin --data synthetic --seeds 0 1 2
-    python experiments/build_table.py margin-logit --data cifar100 --seeds 0 1 2 --runs runs --out results
+    python -m kd_lightning.ablations build margin --data synthetic --seeds 0 1 2 3 4
+    python -m kd_lightning.ablations build margin-logit --data cifar100 --seeds 0 1 2 --runs runs --out results
 
-Rows come from configs/ablations/<table>/ (experiments/rows.py); runs from <runs>/<table id>/<data>/<row>/seed<k>/.
-Per row: teacher and student test accuracy and test loss of the last-epoch and of the best-epoch weights (best =
-highest val/acc), the final epoch's train loss and its parts, the fraction of open gates (last epoch, and per epoch),
-and the teacher's test-set embedding geometry (METHOD.md 8). Several seeds give mean ± std (sample std) and the count.
-A run that is not complete is never a number: its cells say missing, failed, interrupted or running.
+Rows come from configs/ablations/<table>/ (rows.py); each resolves to a teacher run (runs.py), shared with the rows
+of other tables that ask for the same training. Per row: teacher and student test accuracy and loss of the
+last-epoch and best-epoch weights (best = highest val/acc), the final epoch's train loss and its parts, the open-gate
+fraction, the teacher's embedding geometry and soft labels, the student's single-/multi-view accuracy (synthetic),
+and the paired difference to the table's plain cross-entropy teacher row with its 95% interval over the seeds
+(METHOD.md 9). A run that is not complete is never a number: its cells say missing, failed, interrupted or running.
 Exit status 1 when a run is not complete or the runs disagree with the asked-for settings (the files are written).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import math
 import os
 import platform
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from rows import (  # noqa: E402
-    ABLATIONS, RESULTS_FILE, ROOT, STAGES, TITLES, Row, RunKey, load_rows, parse_table_id, read_results, run_state,
-)
+from kd_lightning.ablations.collect import RowResult, collect
+from kd_lightning.ablations.plot import plot
+from kd_lightning.ablations.recipe import Recipe
+from kd_lightning.ablations.rows import ABLATIONS, TITLES, parse_table_id
 
 #: (column name, results.json section, metric key) per stage; "acc" metrics are shown in %.
 METRICS: dict[str, list[tuple[str, str, str]]] = {
@@ -42,107 +39,28 @@ METRICS: dict[str, list[tuple[str, str, str]]] = {
         ("ratio_last", "last", "test/ratio"),
         ("d_intra_best", "best", "test/d_intra"), ("d_inter_best", "best", "test/d_inter"),
         ("ratio_best", "best", "test/ratio"),
+        ("soft_intra_var_last", "last", "test/soft_intra_var"),
+        ("soft_nontarget_mass_last", "last", "test/soft_nontarget_mass"),
+        ("soft_entropy_last", "last", "test/soft_entropy"),
     ],
     "student": [
         ("test_acc_last", "last", "test/acc"), ("test_acc_best", "best", "test/acc"),
         ("test_loss_last", "last", "test/loss"), ("test_loss_best", "best", "test/loss"),
         ("train_loss", "last", "train/loss"), ("train_loss_ce", "last", "train/loss_ce"),
         ("train_loss_kd", "last", "train/loss_kd"), ("train_loss_rkd", "last", "train/loss_rkd"),
+        ("acc_single_view_last", "last", "test/acc_single_view"),
+        ("acc_multi_view_last", "last", "test/acc_multi_view"),
+        ("soft_intra_var_last", "last", "test/soft_intra_var"),
     ],
 }
-
-
-# --- collecting ----------------------------------------------------------------------------------------------------
-@dataclass
-class Stat:
-    """mean ± sample std over the complete seeds (std None with one seed)."""
-
-    values: list[float]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> Optional[float]:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> Optional[float]:
-        return statistics.stdev(self.values) if len(self.values) > 1 else None
-
-    def text(self, scale: float = 1.0, digits: int = 2) -> str:
-        if not self.values:
-            return "—"
-        mean = f"{self.mean * scale:.{digits}f}"
-        return mean if self.std is None else f"{mean} ± {self.std * scale:.{digits}f}"
-
-
-@dataclass
-class StageResult:
-    """One stage (teacher or student) of one row over the seeds."""
-
-    states: dict[int, str] = field(default_factory=dict)  # seed -> missing|complete|failed|interrupted|running
-    results: dict[int, dict] = field(default_factory=dict)  # complete seeds only
-
-    @property
-    def complete_seeds(self) -> list[int]:
-        return [s for s, state in self.states.items() if state == "complete"]
-
-    @property
-    def status(self) -> str:
-        """complete, or the worst state among the seeds (failed > interrupted > running > missing)."""
-        states = set(self.states.values())
-        if states == {"complete"}:
-            return "complete"
-        for state in ("failed", "interrupted", "running", "missing"):
-            if state in states:
-                return state
-        return "missing"
-
-    def stat(self, section: str, key: str) -> Stat:
-        values = [(self.results[s].get(section) or {}).get(key) for s in self.complete_seeds]
-        return Stat([float(v) for v in values if v is not None and math.isfinite(float(v))])
-
-    def per_epoch(self, key: str) -> list[Optional[float]]:
-        """Mean over complete seeds of `key` per epoch (history)."""
-        series = [[h.get(key) for h in self.results[s].get("history", [])] for s in self.complete_seeds]
-        length = max((len(x) for x in series), default=0)
-        out = []
-        for epoch in range(length):
-            values = [x[epoch] for x in series if epoch < len(x) and x[epoch] is not None]
-            out.append(statistics.fmean(values) if values else None)
-        return out
-
-
-@dataclass
-class RowResult:
-    row: Row
-    stages: dict[str, StageResult]
-    errors: list[str] = field(default_factory=list)
-
-
-def collect(tid: str, data: str, seeds: list[int], runs: Path, ablations: Path = ABLATIONS) -> list[RowResult]:
-    table, _ = parse_table_id(tid)
-    out = []
-    for row in load_rows(table, ablations):
-        result = RowResult(row, {stage: StageResult() for stage in STAGES})
-        for seed in seeds:
-            key = RunKey(tid, data, row.name, seed)
-            for stage in STAGES:
-                path = key.dir(runs, stage) / RESULTS_FILE
-                results = read_results(path)
-                state = run_state(results)
-                result.stages[stage].states[seed] = state
-                if state == "complete":
-                    result.stages[stage].results[seed] = results
-                elif state != "missing":
-                    message = (results or {}).get("error") or (
-                        "not finished: still running, or killed; the same make command resumes it"
-                        if state == "running" else "no error recorded")
-                    result.errors.append(f"{key}/{stage}: {state}: {str(message).splitlines()[0][:200]}")
-        out.append(result)
-    return out
+#: The paired differences to the baseline row (METHOD.md 9): (column, stage, section, key, scale, digits).
+DIFFERENCES = [
+    ("student acc (last)", "student", "last", "test/acc", 100.0, 2),
+    ("student acc (best)", "student", "best", "test/acc", 100.0, 2),
+    ("teacher acc (last)", "teacher", "last", "test/acc", 100.0, 2),
+    ("teacher R", "teacher", "last", "test/ratio", 1.0, 4),
+    ("teacher soft_intra_var", "teacher", "last", "test/soft_intra_var", 1.0, 5),
+]
 
 
 # --- what the table was run with ------------------------------------------------------------------------------------
@@ -296,7 +214,7 @@ def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str
     ]
     for r in rows:
         out.append("| " + " | ".join([
-            r.row.label,
+            r.label,
             cell(r, "teacher", "last", "test/acc", **pct), cell(r, "teacher", "best", "test/acc", **pct),
             cell(r, "student", "last", "test/acc", **pct), cell(r, "student", "best", "test/acc", **pct),
             cell(r, "teacher", "last", "train/gate_open", 100.0, 1),
@@ -308,6 +226,11 @@ def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str
         "Open gates: % of training rows whose margin passed δ in the last epoch (g_i = 1). Geometry: the teacher's "
         "L2-normalised test embeddings with its last-epoch weights (METHOD.md 8); best-epoch values are in the CSV.",
         "",
+    ]
+    out += differences_section(rows)
+    out += soft_label_section(rows)
+    out += shared_section(rows)
+    out += [
         "## Losses",
         "",
         "| row | teacher test loss (last) | teacher test loss (best) | teacher train loss | ↳ CE "
@@ -317,7 +240,7 @@ def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str
     ]
     for r in rows:
         out.append("| " + " | ".join([
-            r.row.label,
+            r.label,
             cell(r, "teacher", "last", "test/loss", digits=3), cell(r, "teacher", "best", "test/loss", digits=3),
             cell(r, "teacher", "last", "train/loss", digits=3), cell(r, "teacher", "last", "train/loss_ce", digits=3),
             cell(r, "teacher", "last", "train/loss_contrastive", digits=3),
@@ -336,7 +259,7 @@ def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str
             series = r.stages["teacher"].per_epoch("train/gate_open")
             cells = [("—" if v is None else f"{100 * v:.1f}") for v in series] or [r.stages["teacher"].status]
             cells += [""] * (epochs - len(cells))
-            out.append(f"| {r.row.label} | " + " | ".join(cells) + " |")
+            out.append(f"| {r.label} | " + " | ".join(cells) + " |")
         out.append("")
     errors = [e for r in rows for e in r.errors]
     if errors:
@@ -344,12 +267,79 @@ def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str
     return "\n".join(out)
 
 
+def differences_section(rows: list[RowResult]) -> list[str]:
+    """Each row minus the plain cross-entropy teacher row, seed by seed (METHOD.md 9)."""
+    student_table = any(r.label != r.row.label for r in rows)
+    what = "the same student method's plain CE teacher row" if student_table else "the plain CE teacher row"
+    out = [f"## Paired differences to {what}", ""]
+    if not any(r.baseline for r in rows):
+        return out + ["This table has no plain cross-entropy teacher row: no baseline to pair with.", ""]
+    out += [
+        "| row | " + " | ".join(f"Δ {name}" for name, *_ in DIFFERENCES) + " | seeds paired |",
+        "|---|" + "---|" * (len(DIFFERENCES) + 1),
+    ]
+    for r in rows:
+        base = r.base
+        if base is None:
+            out.append(f"| {r.label} | " + " | ".join(["baseline"] * len(DIFFERENCES)) + " | |")
+            continue
+        diffs = [r.difference(base, stage, section, key) for _, stage, section, key, _, _ in DIFFERENCES]
+        # No seed to pair: say why (the row's or the baseline's state), never a number.
+        cells = [d.text(scale, digits) if d.n else _unpaired(r, base, stage)
+                 for d, (_, stage, _, _, scale, digits) in zip(diffs, DIFFERENCES)]
+        out.append(f"| {r.label} | " + " | ".join(cells) + f" | {max(d.n for d in diffs)} |")
+    out += ["", f"Δ = row − {what} over the seeds both completed (accuracy in points): mean "
+            "[95% Student-t interval]; * marks an interval that excludes 0 (significant at 5%), no mark = not "
+            "significant. A single seed has no interval and is no result.", ""]
+    return out
+
+
+def _unpaired(row: RowResult, base: RowResult, stage: str) -> str:
+    mine, theirs = row.stages[stage], base.stages[stage]
+    if not mine.complete_seeds:
+        return mine.status
+    return f"baseline {theirs.status}" if not theirs.complete_seeds else "no common seed"
+
+
+def soft_label_section(rows: list[RowResult]) -> list[str]:
+    """What the paper claims the teacher changes (its soft labels), and where the multi-view theory puts the gain."""
+    out = ["## Soft labels and views", "",
+           "| row | teacher soft_intra_var | teacher soft_nontarget_mass | teacher soft_entropy "
+           "| student acc single-view | student acc multi-view |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append("| " + " | ".join([
+            r.label,
+            cell(r, "teacher", "last", "test/soft_intra_var", digits=5),
+            cell(r, "teacher", "last", "test/soft_nontarget_mass", digits=4),
+            cell(r, "teacher", "last", "test/soft_entropy", digits=4),
+            cell(r, "student", "last", "test/acc_single_view", 100.0, 2),
+            cell(r, "student", "last", "test/acc_multi_view", 100.0, 2),
+        ]) + " |")
+    out += ["", "Teacher soft labels p = softmax(o / T) at the KD temperature on the test set (METHOD.md 8), last-epoch "
+            "weights; view accuracies: the synthetic set's test images showing one feature of their class vs several "
+            "(— on other data sets).", ""]
+    return out
+
+
+def shared_section(rows: list[RowResult]) -> list[str]:
+    shared = [r for r in rows if r.shared_with]
+    if not shared:
+        return []
+    out = ["## Runs shared with other tables", "",
+           "Rows that ask for the same training are trained once (kd_lightning/ablations/runs.py):", ""]
+    out += [f"- {r.label}: run `{r.run}`, also {'; '.join(r.shared_with)}" for r in shared]
+    return out + [""]
+
+
 def csv_text(rows: list[RowResult], seeds: list[int], tid: str, data: str) -> str:
-    header = ["table", "data", "row", "label", "seeds_asked", "teacher_status", "student_status",
+    header = ["table", "data", "row", "label", "run", "seeds_asked", "teacher_status", "student_status",
               "teacher_seeds_complete", "student_seeds_complete"]
     for stage, metrics in METRICS.items():
         for name, _, _ in metrics:
             header += [f"{stage}_{name}_mean", f"{stage}_{name}_std", f"{stage}_{name}_n"]
+    for name, stage, section, key, _, _ in DIFFERENCES:
+        column = f"diff_{stage}_{key.split('/')[1]}_{section}"
+        header += [f"{column}_mean", f"{column}_ci_low", f"{column}_ci_high", f"{column}_n"]
     header += ["teacher_gate_open_by_epoch", "teacher_wall_seconds", "student_wall_seconds"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -357,12 +347,17 @@ def csv_text(rows: list[RowResult], seeds: list[int], tid: str, data: str) -> st
     fmt = lambda v: "" if v is None else f"{v:.6g}"  # noqa: E731 - empty, never 0, when there is no number
     for r in rows:
         t, s = r.stages["teacher"], r.stages["student"]
-        line = [tid, data, r.row.name, r.row.label, " ".join(map(str, seeds)), t.status, s.status,
+        line = [tid, data, r.row.name, r.label, r.run, " ".join(map(str, seeds)), t.status, s.status,
                 len(t.complete_seeds), len(s.complete_seeds)]
         for stage, metrics in METRICS.items():
             for _, section, key in metrics:
                 stat = r.stages[stage].stat(section, key)
                 line += [fmt(stat.mean), fmt(stat.std), stat.n if r.stages[stage].complete_seeds else ""]
+        for _, stage, section, key, _, _ in DIFFERENCES:
+            d = r.difference(r.base, stage, section, key) if r.base is not None else None
+            interval = d.interval if d is not None else None
+            line += [fmt(d.mean) if d else "", fmt(interval[0]) if interval else "",
+                     fmt(interval[1]) if interval else "", d.n if d else ""]
         line.append(";".join(fmt(v) for v in t.per_epoch("train/gate_open")))
         for stage in (t, s):
             walls = [float(x.get("wall_seconds") or 0) for x in stage.results.values()]
@@ -391,50 +386,29 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def build(tid: str, data: str, seeds: list[int], runs: Path, out: Path, ablations: Path = ABLATIONS,
-          want_pair: Optional[str] = None, want_epochs: Optional[int] = None) -> tuple[list[Path], list[str]]:
+def build(tid: str, recipe: Recipe, seeds: list[int], runs: Path, out: Path,
+          ablations: Path = ABLATIONS) -> tuple[list[Path], list[str]]:
     """Write <out>/<tid>.md, .csv, .png; returns the paths and the problems (incomplete runs, warnings)."""
     from kd_lightning.utils.atomic import atomic_write_text
-    from table_plot import plot
 
-    rows = collect(tid, data, seeds, runs, ablations)
-    info = settings(rows, tid, data, seeds, want_pair, want_epochs)
+    rows = collect(tid, recipe, seeds, runs, ablations)
+    want_pair = "->".join(recipe.pair) if recipe.pair else None
+    info = settings(rows, tid, recipe.data, seeds, want_pair, recipe.epochs)
     table, space = parse_table_id(tid)
     space_text = {"prob": "probability space", "logit": "logit space"}[space]
-    title = f"{TITLES[table]}" + (f", {space_text}" if table == "margin" else "") + f" — {data}"
+    title = f"{TITLES[table]}" + (f", {space_text}" if table == "margin" else "") + f" — {recipe.data}"
     paths = [out / f"{tid}.md", out / f"{tid}.csv", out / f"{tid}.png"]
     atomic_write_text(paths[0], markdown(rows, info, seeds, title))
-    atomic_write_text(paths[1], csv_text(rows, seeds, tid, data))
+    atomic_write_text(paths[1], csv_text(rows, seeds, tid, recipe.data))
     write_atomic_bytes(paths[2], plot(rows, title, dict(info.lines)))
     problems = [e for r in rows for e in r.errors] + info.warnings
-    problems += [f"{RunKey(tid, data, r.row.name, seed)}/{stage}: missing" for r in rows for stage in STAGES
-                 for seed, state in r.stages[stage].states.items() if state == "missing"]
+    problems += [f"{key}: missing" for r in rows for key in r.missing]
     return paths, problems
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", help="margin | margin-logit | contrastive | lambda")
-    parser.add_argument("--data", default="synthetic")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--runs", default=str(ROOT / "runs"))
-    parser.add_argument("--out", default=str(ROOT / "results"))
-    parser.add_argument("--ablations", default=str(ABLATIONS), help="folder of the row files (configs/ablations)")
-    parser.add_argument("--pair", default="", help="the asked-for TEACHER->STUDENT, to check the runs against")
-    parser.add_argument("--epochs", default="", help="the asked-for epochs, to check the runs against")
-    ns = parser.parse_args(argv)
-    try:
-        paths, problems = build(ns.table, ns.data, ns.seeds, Path(ns.runs), Path(ns.out), Path(ns.ablations),
-                                ns.pair or None, int(ns.epochs) if ns.epochs else None)
-    except (ValueError, FileNotFoundError) as err:
-        sys.stderr.write(f"build_table: error: {err}\n")
-        return 2
-    print("wrote " + ", ".join(str(p) for p in paths))
+def report(paths: list[Path], problems: list[str]) -> int:
+    print("wrote " + ", ".join(str(p) for p in paths), flush=True)
     if problems:
-        sys.stderr.write("build_table: the table is not complete:\n" + "".join(f"  {p}\n" for p in problems))
+        sys.stderr.write("ablations: the table is not complete:\n" + "".join(f"  {p}\n" for p in problems))
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

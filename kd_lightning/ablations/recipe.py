@@ -1,17 +1,17 @@
 """How a run of a table row becomes a `kd-lightning fit` command: which configs, in which order.
 
     configs/trainer/default.yaml            W&B logger (offline unless configured), 240 epochs
-    data configs                            synthetic: configs/data/synthetic.yaml + configs/ablations/proxy/data.yaml
+    data configs                            synthetic: configs/demo/data.yaml (the demo's set and schedule)
                                             cifar100 / tiny_imagenet: configs/data/<data>.yaml
-    stage config                            synthetic: configs/ablations/proxy/{teacher,student}.yaml (+ trainer.yaml)
+    stage config                            synthetic: configs/demo/{teacher,student}.yaml (the demo's recipe)
                                             otherwise: configs/teacher/<T>.yaml, configs/student/<S>.yaml
     --model.backbone=...                    when a pair is given on the synthetic proxy
     extra args (make's ARGS)                e.g. --config configs/fast/gpu.yaml
-    --model.gate_space=logit                Table A in logit space only
     --trainer.max_epochs / devices / seed / default_root_dir / teacher_checkpoint
-    the row                                 --config configs/ablations/<table>/<row>.yaml, or a sweep agent's arguments
+    the run's own arguments                 the teacher's canonical overlay (runs.py), a student variant's config
 
-The row comes last, so its values win over everything before it (the same holds for a sweep's swept values).
+They come last, so their values win over everything before it (the same holds for a sweep's swept values).
+The synthetic proxy is the demo: `make demo` and `make tables` (DATA=synthetic) train the very same runs.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from rows import ABLATIONS, ROOT
+from kd_lightning.ablations.rows import ROOT
 
 DATASETS = ("synthetic", "cifar100", "tiny_imagenet")
-PROXY = ABLATIONS / "proxy"
+PROXY = ROOT / "configs" / "demo"
 #: The pair each real data set runs when PAIR is not given (METHOD.md 6's headline pair for CIFAR-100).
 DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "resnet8x4"), "tiny_imagenet": ("resnet18", "mobilenetv2")}
 
@@ -48,13 +48,13 @@ def parse_pair(pair: Optional[str]) -> Optional[tuple[str, str]]:
 
 @dataclass
 class Recipe:
-    """The settings a table shares across its rows (make's DATA, PAIR, EPOCHS, DEVICES, ARGS, MARGIN_SPACE)."""
+    """The settings a table shares across its rows (make's DATA, PAIR, EPOCHS, DEVICES, ARGS). Table A's margin
+    space is a change of its rows' teachers (runs.py), not of the recipe."""
 
     data: str = "synthetic"
     pair: Optional[tuple[str, str]] = None
     epochs: Optional[int] = None
     devices: Optional[str] = None
-    margin_space: str = "prob"
     extra: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -75,9 +75,7 @@ class Recipe:
         """The config files of a run of `stage`, in order (the row is not among them)."""
         files = [ROOT / "configs" / "trainer" / "default.yaml"]
         if self.proxy:
-            synthetic = ROOT / "configs" / "data" / "synthetic.yaml"
-            files += [synthetic] if synthetic.is_file() else []
-            files += [PROXY / "data.yaml", PROXY / f"{stage}.yaml", PROXY / "trainer.yaml"]
+            files += [PROXY / "data.yaml", PROXY / f"{stage}.yaml"]
         else:
             files += [ROOT / "configs" / "data" / f"{self.data}.yaml", self._stage_config(stage)]
         for path in files:
@@ -111,8 +109,6 @@ class Recipe:
         if self.proxy and self.pair:
             args.append(f"--model.backbone={self.backbone(stage)}")
         args += self.extra
-        if stage == "teacher" and self.margin_space != "prob":
-            args.append(f"--model.gate_space={self.margin_space}")
         if self.epochs is not None:
             args.append(f"--trainer.max_epochs={self.epochs}")
         if self.devices:
@@ -120,9 +116,7 @@ class Recipe:
             if self.devices.isdigit() and int(self.devices) > 1:
                 args.append("--trainer.strategy=ddp")  # the tested multi-GPU strategy (docs/multi_gpu.md)
         args += [f"--seed_everything={seed}", f"--trainer.default_root_dir={run_dir}"]
-        if stage == "student":
-            if teacher_checkpoint is None:
-                raise ValueError("a student run needs the teacher's checkpoint")
+        if teacher_checkpoint is not None:  # a student of a teacher (the student alone has none)
             args.append(f"--model.teacher_checkpoint={teacher_checkpoint}")
         if resume:
             args.append("--ckpt_path=last")

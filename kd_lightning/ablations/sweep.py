@@ -4,21 +4,23 @@
     wandb agent <entity>/<project>/<sweep id>       # from the repository root, with .venv activated
 
 Each agent run is one row of the table: the teacher with the swept values, then the student distilled from it, both
-through experiments/run_row.py (same run folders as `make table-<name>`, so a row that make or another agent finished
-is not trained again). The agent's W&B run gets the student's test accuracy as the sweep metric (`student/test_acc`,
+through the runner (runner.py; the same run folders as `make table-<name>`, so a run that make or another agent
+finished, for this table or another that shares it, is not trained again). The agent's W&B run gets the student's test accuracy as the sweep metric (`student/test_acc`,
 last-epoch weights) beside the other numbers of the row; the teacher and student runs log to W&B themselves, grouped
 by row. The agent runs
 
-    /usr/bin/env python experiments/sweep.py --table=margin --data=synthetic ... --seed_everything=0 --model.X=...
+    /usr/bin/env python -m kd_lightning.ablations sweep --table=margin --data=synthetic ... --seed_everything=0 --model.X=...
 
 where everything before the agent's arguments is fixed by the sweep file, and the agent's arguments (CLI dotted keys)
 come after the table's configs in the teacher's `kd-lightning fit` command, so the swept values win.
 
-The sweep files are written from the rows (one source of truth): `python experiments/sweep.py --write` (make sweeps).
+The sweep files are written from the rows (one source of truth): `python -m kd_lightning.ablations sweep --write`
+(make sweeps).
 A table whose rows each change one and the same key sweeps that key (`model.contrastive_weight`, `model.objective`);
 a table whose rows change different keys (Table A: δ, and λ = 0 for its plain-CE row) sweeps `model.init_args` with
 each row's changes as a YAML mapping, e.g. `--model.init_args={gate_delta: 0.1}`. None is written `null`: the agent
 formats values with Python's str(), and jsonargparse reads `None` as a string.
+The file's `program` names this package's entry point; the `command` runs it as a module (`python -m`).
 """
 from __future__ import annotations
 
@@ -31,15 +33,17 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from recipe import Recipe, parse_pair  # noqa: E402
-from rows import (  # noqa: E402
-    ABLATIONS, RESULTS_FILE, ROOT, TABLES, Row, RunKey, load_rows, read_results, run_state, table_id,
+from kd_lightning.ablations.recipe import Recipe, parse_pair
+from kd_lightning.ablations.rows import (
+    ABLATIONS, RESULTS_FILE, ROOT, STUDENT_TABLES, TABLES, Row, load_rows, read_results, run_state,
+)
+from kd_lightning.ablations.runs import (
+    STUDENT_TABLE_TEACHERS, Job, StudentVariant, TeacherRun, student_job, teacher_job, teacher_run,
 )
 
 SWEEPS = ROOT / "configs" / "sweeps"
-PROGRAM = "experiments/sweep.py"
+PROGRAM = "kd_lightning/ablations/__main__.py"
+MODULE = ["-m", "kd_lightning.ablations", "sweep"]
 METRIC = "student/test_acc"
 PROJECT = "kd-lightning"
 
@@ -51,9 +55,14 @@ def _yaml_value(value: Any) -> Any:
 
 
 def sweep_parameter(rows: list[Row]) -> tuple[str, list[Any]]:
-    """The one swept parameter that walks a table's rows: (CLI dotted key, one value per row, in row order)."""
+    """The one swept parameter that walks a table's rows: (CLI dotted key, one value per row, in row order).
+
+    Table D's rows are student methods crossed with two teachers: it sweeps `student` (the row's name) and
+    `teacher` (plain_ce | paper) instead, options of this program rather than of the teacher's command."""
     import yaml
 
+    if rows and rows[0].table in STUDENT_TABLES:
+        return "student", [row.name for row in rows]
     overrides = [row.model_overrides() for row in rows]
     keys = {tuple(o) for o in overrides}
     if len(keys) == 1 and len(next(iter(keys))) == 1:
@@ -95,9 +104,10 @@ def sweep_config(table: str, seeds: list[int], data: str = "synthetic", fixed: O
         "metric": {"name": METRIC, "goal": "maximize"},
         "parameters": {
             "seed_everything": {"values": list(seeds)},
+            **({"teacher": {"values": list(STUDENT_TEACHER_NAMES)}} if table in STUDENT_TABLES else {}),
             name: {"values": values},
         },
-        "command": ["${env}", "${interpreter}", "${program}", f"--table={table}", f"--data={data}", *(fixed or []),
+        "command": ["${env}", "${interpreter}", *MODULE, f"--table={table}", f"--data={data}", *(fixed or []),
                     "${args}"],
     }
 
@@ -109,11 +119,11 @@ def sweep_text(table: str, seeds: list[int], data: str = "synthetic", fixed: Opt
     rows = load_rows(table, ablations)
     header = [
         f"# W&B sweep of the {table} table: one agent run per row and seed (the teacher, then its student).",
-        f"# Written by `make sweeps` (experiments/sweep.py --write) from configs/ablations/{table}/*.yaml:",
+        f"# Written by `make sweeps` (python -m kd_lightning.ablations sweep --write) from configs/ablations/{table}/:",
         "# edit the rows, not this file. Run it from the repository root with the venv active (agents run `python`):",
         f"#   wandb sweep configs/sweeps/{table}.yaml && wandb agent <entity>/<project>/<sweep id>",
-        "# Full scale: python experiments/sweep.py --write --data=cifar100 --seeds 0 1 2 [--pair=T->S --epochs=N",
-        "# --devices=N] --out=<folder> writes these sweeps with those arguments fixed before the agent's ${args}.",
+        "# Full scale: python -m kd_lightning.ablations sweep --write --data=cifar100 --seeds 0 1 2 [--pair=T->S",
+        "# --epochs=N --devices=N] --out=<folder> writes these sweeps with those arguments fixed before ${args}.",
         "# Rows: " + "; ".join(f"{r.name} = {r.label}" for r in rows),
     ]
     body = yaml.safe_dump(sweep_config(table, seeds, data, fixed, ablations), sort_keys=False, allow_unicode=True,
@@ -145,22 +155,19 @@ def parse_swept(extra: list[str]) -> dict[str, str]:
     return swept
 
 
-def custom_row_name(swept: dict[str, str]) -> str:
-    """A folder name for swept values that are no row of the table (someone added a value to the sweep)."""
-    text = "_".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(swept.items()))
-    return "sweep-" + re.sub(r"[^A-Za-z0-9_.=-]+", "", text.replace(" ", ""))[:80]
-
-
-def print_configs(recipe: Recipe, key: RunKey, runs: Path, row_args: list[str], which: str = "both") -> int:
+def print_configs(recipe: Recipe, jobs: list[Job], runs: Path, which: str = "both") -> int:
     """`--print_config[=teacher|student|both]`: the resolved configs of this agent run's runs, one YAML document each
     (teacher first)."""
     from kd_lightning.cli import main as cli_main
 
-    teacher = recipe.command("teacher", key.dir(runs, "teacher"), key.seed, row_args)
-    student = recipe.command("student", key.dir(runs, "student"), key.seed, [],
-                             teacher_checkpoint=key.dir(runs, "teacher") / "checkpoints" / "last.ckpt")
-    commands = {"teacher": [teacher], "student": [student], "both": [teacher, student]}[which]
-    for i, command in enumerate(commands):
+    teacher, student = jobs
+    commands = {
+        "teacher": recipe.command("teacher", teacher.dir(runs), teacher.seed, list(teacher.args)),
+        "student": recipe.command("student", student.dir(runs), student.seed, list(student.args),
+                                  teacher_checkpoint=teacher.dir(runs) / "checkpoints" / "last.ckpt"),
+    }
+    chosen = [commands["teacher"], commands["student"]] if which == "both" else [commands[which]]
+    for i, command in enumerate(chosen):
         if i:
             print("---", flush=True)
         os.chdir(ROOT)
@@ -174,35 +181,37 @@ def print_configs(recipe: Recipe, key: RunKey, runs: Path, row_args: list[str], 
     return 0
 
 
-def summary_of(key: RunKey, runs: Path) -> dict[str, Any]:
+def summary_of(jobs: list[Job], runs: Path) -> dict[str, Any]:
     """The row's numbers for the agent's W&B run (student/test_acc is the sweep metric)."""
     out: dict[str, Any] = {}
-    for stage in ("teacher", "student"):
-        results = read_results(key.dir(runs, stage) / RESULTS_FILE) or {}
+    for job in jobs:
+        stage = "teacher" if job.stage == "teacher" else "student"  # the sweep metric is student/test_acc
+        results = read_results(job.dir(runs) / RESULTS_FILE) or {}
         out[f"{stage}/status"] = run_state(results if results else None)
         for which in ("last", "best"):
             section = results.get(which) or {}
             suffix = "" if which == "last" else "_best"
-            for metric in ("test/acc", "test/loss", "test/d_intra", "test/d_inter", "test/ratio", "train/gate_open"):
+            for metric in ("test/acc", "test/loss", "test/d_intra", "test/d_inter", "test/ratio", "train/gate_open",
+                           "test/soft_intra_var", "test/soft_nontarget_mass", "test/soft_entropy"):
                 if section.get(metric) is not None:
                     out[f"{stage}/{metric.replace('/', '_', 1)}{suffix}"] = section[metric]
     return out
 
 
-def agent_run(recipe: Recipe, key: RunKey, runs: Path, row_args: list[str], config: dict[str, Any]) -> int:
+def agent_run(recipe: Recipe, jobs: list[Job], runs: Path, config: dict[str, Any]) -> int:
     import wandb
 
-    from run_row import EXIT_FAILED, run_stage
+    from kd_lightning.ablations.runner import run_job
 
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), job_type="sweep-row")
     run.config.update(config, allow_val_change=True)
     state = "complete"
     try:
-        for stage in ("teacher", "student"):
-            state = run_stage(key, stage, recipe, runs, row_args=row_args if stage == "teacher" else None)
+        for job in jobs:
+            state = run_job(job, recipe, runs)
             if state != "complete":
                 break
-        summary = summary_of(key, runs)
+        summary = summary_of(jobs, runs)
         run.log(summary)
         run.summary.update(summary)
         print(json.dumps(summary, sort_keys=True), flush=True)
@@ -211,17 +220,52 @@ def agent_run(recipe: Recipe, key: RunKey, runs: Path, row_args: list[str], conf
     return 0 if state == "complete" else EXIT_FAILED
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    from run_row import add_recipe_options
+EXIT_FAILED = 3
+#: Table D's `teacher` sweep values: the names runs.py gives STUDENT_TABLE_TEACHERS (the same on every recipe).
+STUDENT_TEACHER_NAMES = ("plain_ce", "paper")
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+
+def student_table_jobs(recipe: Recipe, rows: list[Row], swept: dict[str, str], seed: int) -> tuple[Row, list[Job]]:
+    """Table D's agent run: the teacher (`--teacher=plain_ce|paper`) and the student method (`--student=<row>`)."""
+    teachers: dict[str, TeacherRun] = {}
+    for _, args in STUDENT_TABLE_TEACHERS:
+        run = teacher_run(recipe, list(args))
+        teachers[run.name] = run
+    by_name = {row.name: row for row in rows}
+    if swept.get("teacher") not in teachers or swept.get("student") not in by_name:
+        raise ValueError(f"Table D's sweep passes --teacher={'|'.join(teachers)} and --student="
+                         f"{'|'.join(by_name)}; got {swept}")
+    row, teacher = by_name[swept["student"]], teachers[swept["teacher"]]
+    variant = StudentVariant.from_row(row, recipe.proxy)
+    return row, [teacher_job(recipe.data, teacher, seed), student_job(recipe.data, teacher, seed, variant)]
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """The table-wide settings (make's variables), shared by the runner's commands and the sweep program."""
+    parser.add_argument("--data", default="synthetic", help="synthetic | cifar100 | tiny_imagenet")
+    parser.add_argument("--pair", default="", help="TEACHER->STUDENT backbones (default: the data set's)")
+    parser.add_argument("--epochs", default="", help="trainer.max_epochs of every run (default: the configs')")
+    parser.add_argument("--devices", default="", help="trainer.devices; N > 1 adds --trainer.strategy=ddp")
+    parser.add_argument("--args", default="", help="extra kd-lightning arguments for every run (one shell string)")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "ablations"), help="root folder of the runs")
+    parser.add_argument("--ablations", default=str(ABLATIONS), help="folder of the row files (configs/ablations)")
+
+
+def recipe_of(ns: argparse.Namespace) -> Recipe:
+    if ns.epochs and not str(ns.epochs).isdigit():
+        raise ValueError(f"EPOCHS must be a whole number, got {ns.epochs!r}")
+    return Recipe(data=ns.data, pair=parse_pair(ns.pair), epochs=int(ns.epochs) if ns.epochs else None,
+                  devices=ns.devices or None, extra=shlex.split(ns.args or ""))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kd_lightning.ablations sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--write", action="store_true", help="write configs/sweeps/<table>.yaml from the rows "
                         "(with --data, --pair, --epochs, --devices, --args fixed in their command)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --write: the seed_everything values")
     parser.add_argument("--out", default=str(SWEEPS), help="with --write: the folder of the sweep files")
     parser.add_argument("--table", choices=TABLES)
-    parser.add_argument("--data", default="synthetic")
     parser.add_argument("--margin_space", default="prob", choices=("prob", "logit"))
     parser.add_argument("--seed_everything", type=int, default=0)
     parser.add_argument("--print_config", nargs="?", const="both", choices=("teacher", "student", "both"),
@@ -240,18 +284,21 @@ def main(argv: Optional[list[str]] = None) -> int:
             parser.error("--table is required (or --write)")
         swept = parse_swept(extra)
         rows = load_rows(ns.table, Path(ns.ablations))
-        row = row_for_args(rows, swept)
-        key = RunKey(table_id(ns.table, ns.margin_space), ns.data, row.name if row else custom_row_name(swept),
-                     ns.seed_everything)
-        recipe = Recipe(data=ns.data, pair=parse_pair(ns.pair), epochs=int(ns.epochs) if ns.epochs else None,
-                        devices=ns.devices or None, margin_space=ns.margin_space,
-                        extra=shlex.split(ns.args or ""))
+        recipe = recipe_of(ns)
+        if ns.table in STUDENT_TABLES:
+            row, jobs = student_table_jobs(recipe, rows, swept, ns.seed_everything)
+        else:
+            row = row_for_args(rows, swept)
+            teacher = teacher_run(recipe, extra, ns.margin_space)
+            jobs = [teacher_job(ns.data, teacher, ns.seed_everything),
+                    student_job(ns.data, teacher, ns.seed_everything)]
         runs = Path(ns.runs).resolve()
         if ns.print_config:
-            return print_configs(recipe, key, runs, extra, ns.print_config)
-        config = {"row": key.row, "row_label": row.label if row else None, "table": key.table_id, "data": ns.data,
+            return print_configs(recipe, jobs, runs, ns.print_config)
+        config = {"row": row.name if row else None, "row_label": row.label if row else None, "table": ns.table,
+                  "margin_space": ns.margin_space, "run": jobs[0].teacher, "data": ns.data,
                   **{f"row.{k}": v for k, v in (row.model_overrides() if row else {}).items()}}
-        return agent_run(recipe, key, runs, extra, config)
+        return agent_run(recipe, jobs, runs, config)
     except (ValueError, FileNotFoundError) as err:
         sys.stderr.write(f"sweep: error: {err}\n")
         return 2

@@ -1,22 +1,21 @@
-"""The picture of an ablation table (results/<table>.png): accuracy and loss per row with error bars, the open-gate
-fraction per epoch, and the teacher's R = D_intra / D_inter. Matplotlib with the Agg backend (no display needed)."""
+"""The picture of an ablation table (results/<table>.png): accuracy and loss per row with error bars (sample std
+over seeds), the paired difference of the student's accuracy to the plain CE teacher row with its 95% interval, the
+open-gate fraction per epoch, and the teacher's R = D_intra / D_inter. Matplotlib with the Agg backend."""
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
 
 import matplotlib
+
+from kd_lightning.ablations.collect import RowResult
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-if TYPE_CHECKING:
-    from build_table import RowResult
-
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452"}
 
 
-def _bars(ax, rows: "list[RowResult]", section: str, key: str, scale: float, stages=("teacher", "student"),
+def _bars(ax, rows: list[RowResult], section: str, key: str, scale: float, stages=("teacher", "student"),
           best_markers: bool = False) -> None:
     width = 0.8 / len(stages)
     labelled: set[str] = set()
@@ -43,11 +42,35 @@ def _bars(ax, rows: "list[RowResult]", section: str, key: str, scale: float, sta
             if best_markers and best.mean is not None:
                 ax.plot(x, best.mean * scale, marker="_", markersize=14, color="black", label=label("best epoch"))
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([r.row.label for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=8)
 
 
-def plot(rows: "list[RowResult]", title: str, info: dict[str, str]) -> bytes:
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.8))
+def _differences(ax, rows: list[RowResult]) -> None:
+    """Student accuracy minus the plain CE teacher row's, seed by seed: mean and 95% Student-t interval."""
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_title("student acc (last) − its plain CE teacher row: mean, 95% interval", fontsize=9)
+    ax.set_ylabel("paired difference (points)")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=8)
+    for i, r in enumerate(rows):
+        if r.base is None:
+            ax.text(i, 0, "baseline", ha="center", va="bottom", fontsize=7)
+            continue
+        d = r.difference(r.base, "student", "last", "test/acc")
+        if d.mean is None:
+            continue
+        interval = d.interval
+        if interval is None:
+            ax.plot(i, 100 * d.mean, "o", color=COLORS["student"])
+            ax.text(i, 100 * d.mean, " 1 seed", fontsize=7, va="center")
+            continue
+        err = [[100 * (d.mean - interval[0])], [100 * (interval[1] - d.mean)]]
+        ax.errorbar(i, 100 * d.mean, yerr=err, fmt="o", capsize=4,
+                    color="crimson" if d.significant else COLORS["student"])
+
+
+def plot(rows: list[RowResult], title: str, info: dict[str, str]) -> bytes:
+    fig, axes = plt.subplots(1, 5, figsize=(23, 4.8))
     _bars(axes[0], rows, "last", "test/acc", 100.0, best_markers=True)
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].set_title("test accuracy, last epoch (bars) and best epoch (—)", fontsize=9)
@@ -62,7 +85,7 @@ def plot(rows: "list[RowResult]", title: str, info: dict[str, str]) -> bytes:
         series = r.stages["teacher"].per_epoch("train/gate_open")
         if series:
             ax.plot(range(len(series)), [None if v is None else 100 * v for v in series], marker="o", markersize=3,
-                    label=r.row.label)
+                    label=r.label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("open gates (% of training rows)")
     ax.set_title("teacher: open-gate fraction per epoch (mean over seeds)", fontsize=9)
@@ -70,6 +93,7 @@ def plot(rows: "list[RowResult]", title: str, info: dict[str, str]) -> bytes:
     _bars(axes[3], rows, "last", "test/ratio", 1.0, stages=("teacher",))
     axes[3].set_ylabel("R = D_intra / D_inter")
     axes[3].set_title("teacher test-set geometry, last epoch", fontsize=9)
+    _differences(axes[4], rows)
     seeds = info.get("seeds", "").split(" (")[0]
     subtitle = f"{info.get('pair', '')}; epochs: {info.get('epochs', '')}; seeds: {seeds}"
     fig.suptitle(f"{title}\n{subtitle}", fontsize=10)

@@ -1,39 +1,46 @@
-"""The rows of the ablation tables and where their runs live: the one place both are defined.
+"""The rows of the ablation tables: the one place they are defined.
 
 A row is one YAML overlay, `configs/ablations/<table>/<row>.yaml`, put on top of the teacher config (so it says only
 what the row changes). Two comment lines at its top name it in the tables: `# label: δ = 0.1` and `# order: 1`.
-The Makefile (make/tables.mk), the W&B sweeps (experiments/sweep.py) and the table builder (experiments/build_table.py)
-all read the rows from here.
+The runner (`python -m kd_lightning.ablations run`), the W&B sweeps (sweep.py) and the table builder (table.py) all
+read the rows from here; runs.py says which run a row resolves to (rows of several tables may share one).
 
-A run of a row lives in `<runs>/<table id>/<data>/<row>/seed<k>/{teacher,student}/`, with the CLI's results.json in
-it. The table id is the table's name, except that Table A in logit space is `margin-logit` (it is another table).
-
-Used by make as a small stdlib-only program (no torch import, so it answers in milliseconds):
-    python experiments/rows.py stale FILE...   # the results.json files among FILE that exist but are not complete
-    python experiments/rows.py names TABLE     # the table's row names, in table order
+The table id names a table's results files: the table's name, except that Table A in logit space is `margin-logit`.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
+def _repository_root() -> Path:
+    """Where configs/ lives: $KD_LIGHTNING_ROOT, else the checkout holding this package (an editable install), else
+    the current directory (a `pip install`ed package run from a checkout of the configs)."""
+    if os.environ.get("KD_LIGHTNING_ROOT"):
+        return Path(os.environ["KD_LIGHTNING_ROOT"]).resolve()
+    checkout = Path(__file__).resolve().parents[2]
+    return checkout if (checkout / "configs" / "ablations").is_dir() else Path.cwd()
+
+
+ROOT = _repository_root()
 ABLATIONS = ROOT / "configs" / "ablations"
-TABLES = ("margin", "contrastive", "lambda")
+TABLES = ("margin", "contrastive", "lambda", "students")
 TITLES = {
     "margin": "Table A: margin δ of the gate",
     "contrastive": "Table B: contrastive objective",
     "lambda": "Table C: weight λ of the contrastive term",
+    "students": "Table D: teacher x student method",
 }
+#: Tables whose rows are student methods (overlays on the student config), each crossed with STUDENT_TABLE_TEACHERS.
+STUDENT_TABLES = ("students",)
 STAGES = ("teacher", "student")
 MARGIN_SPACES = ("prob", "logit")
 RESULTS_FILE = "results.json"
 
-_HEADER = re.compile(r"^#\s*(label|order)\s*:\s*(.*?)\s*$")
+_HEADER = re.compile(r"^#\s*(label|order|overlay|proxy)\s*:\s*(.*?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,19 @@ class Row:
     label: str
     order: int
     overlay: dict = field(compare=False, repr=False)
+    #: `# overlay: configs/student/dkd.yaml`: a config file the row applies before its own lines (one source of truth
+    #: for a method's setting); `# proxy: --model.x=1 ...`: arguments added on the synthetic proxy only (e.g. an
+    #: epoch count scaled from 240 to the proxy's 20 epochs, as its lr milestones are).
+    overlay_file: Optional[str] = None
+    proxy_args: tuple[str, ...] = ()
+
+    def config_args(self, proxy: bool) -> list[str]:
+        """The row as `kd-lightning fit` arguments: its overlay file, its own file (when it says anything), and on
+        the proxy its proxy arguments."""
+        args = ["--config", self.overlay_file] if self.overlay_file else []
+        if self.overlay:
+            args += ["--config", str(self.path)]
+        return args + (list(self.proxy_args) if proxy else [])
 
     def model_overrides(self) -> dict[str, Any]:
         """The row's changes to `model.init_args`, one entry per key; a nested `{class_path: X}` becomes X.
@@ -96,7 +116,11 @@ def load_rows(table: str, root: Path | str = ABLATIONS) -> list[Row]:
             order = int(meta.get("order", 1000))
         except ValueError:
             raise ValueError(f"{path}: '# order:' must be an integer, got {meta['order']!r}") from None
-        rows.append(Row(table, path.stem, path, meta.get("label", path.stem), order, overlay))
+        overlay_file = meta.get("overlay")
+        if overlay_file and not (ROOT / overlay_file).is_file():
+            raise FileNotFoundError(f"{path}: '# overlay: {overlay_file}' names no file under {ROOT}")
+        rows.append(Row(table, path.stem, path, meta.get("label", path.stem), order, overlay, overlay_file,
+                        tuple(meta.get("proxy", "").split())))
     return sorted(rows, key=lambda row: (row.order, row.name))
 
 
@@ -114,30 +138,6 @@ def parse_table_id(tid: str) -> tuple[str, str]:
     if tid not in TABLES:
         raise ValueError(f"unknown table id {tid!r}; expected one of {TABLES + ('margin-logit',)}")
     return tid, "prob"
-
-
-@dataclass(frozen=True)
-class RunKey:
-    """Which run: `<table id>/<data>/<row>/seed<k>` (the stage folder is below it)."""
-
-    table_id: str
-    data: str
-    row: str
-    seed: int
-
-    def __str__(self) -> str:
-        return f"{self.table_id}/{self.data}/{self.row}/seed{self.seed}"
-
-    def dir(self, runs: Path | str, stage: str) -> Path:
-        return Path(runs) / str(self) / stage
-
-    @classmethod
-    def parse(cls, key: str) -> "RunKey":
-        parts = Path(key).parts
-        if len(parts) != 4 or not re.fullmatch(r"seed\d+", parts[3]):
-            raise ValueError(f"a run key is <table id>/<data>/<row>/seed<k>, got {key!r}")
-        parse_table_id(parts[0])
-        return cls(parts[0], parts[1], parts[2], int(parts[3][4:]))
 
 
 def read_results(path: Path | str) -> Optional[dict]:
@@ -166,26 +166,3 @@ def run_state(results: Optional[dict]) -> str:
 
 def is_complete(path: Path | str) -> bool:
     return run_state(read_results(path)) == "complete"
-
-
-def stale(paths: list[str]) -> list[str]:
-    """The results.json files that exist but are not complete: make must re-run (resume) them."""
-    return [p for p in paths if Path(p).exists() and not is_complete(p)]
-
-
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("stale", "names"):
-        sys.stderr.write(__doc__.split("Used by make")[1])
-        return 2
-    if argv[0] == "stale":
-        print(" ".join(stale(argv[1:])))
-    else:
-        if len(argv) != 2:
-            sys.stderr.write("usage: rows.py names TABLE\n")
-            return 2
-        print(" ".join(row.name for row in load_rows(argv[1])))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

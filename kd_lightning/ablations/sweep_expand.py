@@ -1,6 +1,6 @@
 """Expand a W&B sweep file offline into the exact commands its agents would run (for tests and dry runs).
 
-    python experiments/sweep_expand.py configs/sweeps/margin.yaml
+    python -m kd_lightning.ablations expand configs/sweeps/margin.yaml
 
 The grid: W&B's own sweep engine (the `sweeps` package, `pip install wandb[sweeps]`) when it is importable, else the
 Cartesian product of the parameters' `values` (what `method: grid` means). The command: wandb's own agent code,
@@ -80,7 +80,9 @@ def main(argv: list[str]) -> int:
 
     import yaml
 
-    default = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+    from kd_lightning.ablations.rows import ROOT
+
+    default = ROOT / "configs" / "sweeps"
     for path in argv or sorted(str(p) for p in default.glob("*.yaml")):
         engine, commands = expand(yaml.safe_load(Path(path).read_text()))
         print(f"# {path}: {len(commands)} runs (grid: {engine})")
