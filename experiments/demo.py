@@ -56,11 +56,15 @@ def metric(results: list[dict], section: str, key: str) -> list[float]:
     return [r.get(section, {}).get(key) for r in results]
 
 
-def table(results: list[list[dict]], seeds: list[int]) -> str:
+def table(results: list[list[dict]], seeds: list[int], paths: list[Path]) -> str:
+    """The five-run table and the paired differences; `paths` are the runs' results.json (for the date)."""
+    hardware = "; ".join(sorted({str(r.get("hardware", "?")) for rows in results for r in rows}))
     lines = [
         f"Synthetic set (20 classes x 4 features, 3,000 train / 1,000 test images, 16x16), CPU, seeds "
         f"{' '.join(map(str, seeds))}; resnet20 teachers -> resnet8 students, 20 epochs each; last-epoch weights on "
         "the test split (best-epoch accuracy in brackets); mean ± sample std over seeds.",
+        f"Hardware: {hardware}; torch {results[0][0].get('torch', '?')}; finished "
+        f"{time.strftime('%Y-%m-%d', time.gmtime(max(p.stat().st_mtime for p in paths)))}.",
         "",
         "| run | test acc % | (best-epoch) | test loss | single-view acc % | multi-view acc % | R | soft_intra_var "
         "| soft_nontarget_mass | soft_entropy |",
@@ -106,6 +110,7 @@ def main() -> int:
     recipe, runs = Recipe(data="synthetic"), args.runs.resolve()
     results: list[list[dict]] = [[] for _ in LABELS]
     run_dirs: list[Path] = []
+    paths: list[Path] = []
     for seed in args.seeds:
         seed_jobs = jobs(recipe, seed)
         print(f"[demo] seed {seed}: {len(seed_jobs)} runs in {runs}/synthetic/ ({args.jobs} at a time)", flush=True)
@@ -117,8 +122,9 @@ def main() -> int:
         for i, job in enumerate(seed_jobs):
             results[i].append(read_results(job.dir(runs) / RESULTS_FILE))
             run_dirs.append(job.dir(runs))
+            paths.append(job.dir(runs) / RESULTS_FILE)
     assert all(run_state(r) == "complete" for rows in results for r in rows)
-    text = table(results, args.seeds)
+    text = table(results, args.seeds, paths)
     print("\n" + text, flush=True)
     if args.out:
         atomic_write_text(args.out / "demo.md", "# The demo: the paper's comparison on the synthetic proxy\n\n" + text)

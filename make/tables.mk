@@ -26,7 +26,7 @@ RECIPE = --data '$(DATA)' --pair '$(PAIR)' --epochs '$(EPOCHS)' --devices '$(DEV
 	--runs '$(RUNS)' --ablations '$(ABLATIONS)'
 TABLE_RUN = $(ABLATE) run $1 --seeds $(SEEDS) --margin_space $(MARGIN_SPACE) --jobs $(JOBS) --out '$(RESULTS)' $(RECIPE)
 
-.PHONY: tables table-margin table-contrastive table-lambda table-build sweeps proxy
+.PHONY: tables table-margin table-contrastive table-lambda table-students table-build sweeps proxy proxy-students
 
 table-margin: install ## Table A, margin δ (DATA PAIR EPOCHS SEEDS DEVICES JOBS MARGIN_SPACE=prob|logit)
 	$(call TABLE_RUN,margin)
@@ -37,11 +37,15 @@ table-contrastive: install ## Table B, contrastive objective (DATA PAIR EPOCHS S
 table-lambda: install ## Table C, weight λ with embedding geometry (DATA PAIR EPOCHS SEEDS DEVICES JOBS)
 	$(call TABLE_RUN,lambda)
 
+table-students: install ## Table D, teacher {plain CE, paper} x student {KD, DKD, DIST, CRD, KD+RKD} (same variables)
+	$(call TABLE_RUN,students)
+
 tables: install ## Tables A, B and C: each distinct run trained once (10 teachers + students per seed)
 	$(call TABLE_RUN,margin contrastive lambda)
 
 table-build: install ## Rebuild the tables from the runs there are (missing runs show as missing)
-	$(ABLATE) build margin contrastive lambda --seeds $(SEEDS) --margin_space $(MARGIN_SPACE) --out '$(RESULTS)' $(RECIPE)
+	$(ABLATE) build margin contrastive lambda students --seeds $(SEEDS) --margin_space $(MARGIN_SPACE) \
+		--out '$(RESULTS)' $(RECIPE)
 
 sweeps: install ## Regenerate configs/sweeps/<table>.yaml (W&B sweeps) from the table rows
 	$(ABLATE) sweep --write
@@ -57,3 +61,9 @@ proxy: install ## The committed 5-seed proxy: demo + Tables A-C under results/pr
 		$(ABLATE) run margin contrastive lambda --seeds $$done --jobs $(JOBS) --runs '$(PROXY_RUNS)' \
 			--out '$(RESULTS)' || exit $$?; \
 	done
+
+# Table D on the committed proxy: its teachers are the proxy's plain-CE and paper runs (and its KD row their KD
+# students), so only the other student methods are trained; 3 seeds (about 10 minutes on 2 cores).
+PROXY_STUDENT_SEEDS ?= 0 1 2
+proxy-students: install ## Table D on the committed proxy, seeds 0-2, in results/proxy-runs (resumes)
+	$(ABLATE) run students --seeds $(PROXY_STUDENT_SEEDS) --jobs $(JOBS) --runs '$(PROXY_RUNS)' --out '$(RESULTS)'

@@ -52,6 +52,7 @@ def _differences(ax, rows: list[RowResult]) -> None:
     ax.set_ylabel("paired difference (points)")
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(rows) - 0.5)
     for i, r in enumerate(rows):
         if r.base is None:
             ax.text(i, 0, "baseline", ha="center", va="bottom", fontsize=7)

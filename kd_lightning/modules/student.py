@@ -45,6 +45,8 @@ class StudentModule(ClassifierModule):
             correlation) over the whole global batch (gradient-correct all-gather), as one process would; false:
             within each rank's batch. CE, KD and DKD are per-sample and need none; CRD's memory is global anyway.
         fast, compile, cuda_graph, steps_per_batch: the fast path, see ClassifierModule.
+        soft_label_temperature: T of the logged soft-label statistics of the student's own test outputs, see
+            ClassifierModule (4, the KD temperature).
     """
 
     train_views = 1
@@ -72,9 +74,11 @@ class StudentModule(ClassifierModule):
         compile: Optional[CompileMode] = None,
         cuda_graph: bool = True,
         steps_per_batch: int = 1,
+        soft_label_temperature: float = 4.0,
     ) -> None:
         super().__init__(backbone, num_classes, lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite,
-                         fast=fast, compile=compile, cuda_graph=cuda_graph, steps_per_batch=steps_per_batch)
+                         fast=fast, compile=compile, cuda_graph=cuda_graph, steps_per_batch=steps_per_batch,
+                         soft_label_temperature=soft_label_temperature)
         # The term is a module (not a plain value a weights-only checkpoint can hold); its config is in config.yaml.
         self.save_hyperparameters(ignore=["distillation"])
         self.gather_distributed = gather_distributed
