@@ -55,7 +55,7 @@ sweeps: install ## Regenerate configs/sweeps/<table>.yaml (W&B sweeps) from the 
 # resumes: finished runs are read, not re-run, so it can span sessions.
 PROXY_SEEDS ?= 0 1 2 3 4
 PROXY_RUNS ?= results/proxy-runs
-proxy: install ## The committed 5-seed proxy: demo + Tables A-C under results/proxy-runs (hours on 2 cores; resumes)
+proxy: install ## The committed 5-seed proxy: demo + Tables A-C in results/proxy-runs (~1.5 h on 2 cores; resumes)
 	done=""; for seed in $(PROXY_SEEDS); do done="$$done $$seed"; \
 		$(PY) experiments/demo.py --seeds $$done --runs '$(PROXY_RUNS)' --jobs $(JOBS) --out '$(RESULTS)' && \
 		$(ABLATE) run margin contrastive lambda --seeds $$done --jobs $(JOBS) --runs '$(PROXY_RUNS)' \
