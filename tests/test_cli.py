@@ -1,7 +1,6 @@
 """The walking skeleton through the real console entry point: teacher -> student, config handling, W&B, results."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
