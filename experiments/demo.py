@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
+from kd_lightning.ablations.collect import Stat
 from kd_lightning.ablations.recipe import Recipe
 from kd_lightning.ablations.rows import RESULTS_FILE, ROOT, read_results, run_state
 from kd_lightning.ablations.runner import run_jobs
@@ -43,13 +44,9 @@ def jobs(recipe: Recipe, seed: int) -> list[Job]:
             student_job(recipe.data, ce, seed), student_job(recipe.data, paper, seed), alone_job(recipe.data, seed)]
 
 
-def fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    values = [v * scale for v in values if v is not None]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+def fmt(values: list[Optional[float]], scale: float = 1.0, digits: int = 2) -> str:
+    """mean ± sample std, as the tables print it (a missing value is left out)."""
+    return Stat([v for v in values if v is not None]).text(scale, digits)
 
 
 def metric(results: list[dict], section: str, key: str) -> list[float]:

@@ -22,7 +22,7 @@ from kd_lightning.ablations.recipe import Recipe
 from kd_lightning.ablations.rows import ROOT, STUDENT_TABLES, TABLES, load_rows, parse_table_id, table_id
 from kd_lightning.ablations.runner import StaleRunError, run_jobs
 from kd_lightning.ablations.runs import (
-    STUDENT_TABLE_TEACHERS, Job, StudentVariant, row_teacher, student_job, teacher_job, teacher_run, unique,
+    Job, StudentVariant, row_teacher, student_job, student_table_teachers, teacher_job, unique,
 )
 from kd_lightning.ablations.table import build, report
 
@@ -41,7 +41,7 @@ def table_jobs(tids: list[str], recipe: Recipe, seed: int, ablations: Path) -> l
     for tid in tids:
         table, space = parse_table_id(tid)
         if table in STUDENT_TABLES:  # Table D: every student method from each of its teachers
-            teachers = [teacher_run(recipe, list(args)) for _, args in STUDENT_TABLE_TEACHERS]
+            teachers = [t for _, t in student_table_teachers(recipe)]
             jobs += [teacher_job(recipe.data, t, seed) for t in teachers]
             for row in load_rows(table, ablations):
                 variant = StudentVariant.from_row(row, recipe.proxy)

@@ -15,9 +15,7 @@ from kd_lightning.ablations.rows import (
     ABLATIONS, RESULTS_FILE, STUDENT_TABLES, TABLES, TITLES, Row, load_rows, parse_table_id, read_results, run_state,
     table_id,
 )
-from kd_lightning.ablations.runs import (
-    PLAIN_CE, STUDENT_TABLE_TEACHERS, Job, StudentVariant, row_teacher, teacher_run,
-)
+from kd_lightning.ablations.runs import PLAIN_CE, Job, StudentVariant, row_teacher, student_table_teachers
 from kd_lightning.ablations.stats import PairedDifference, paired
 
 STAGES = ("teacher", "student")
@@ -120,6 +118,18 @@ def _stage(job: Job, runs: Path, errors: list[str]) -> tuple[str, Optional[dict]
     return state, results if state == "complete" else None
 
 
+def _row_name(table: str, space: str, row: Row) -> str:
+    """How a row is named across tables: "Table A (logit): δ = 0.1"."""
+    return f"{TITLES[table].split(':')[0]}{' (logit)' if space == 'logit' else ''}: {row.label}"
+
+
+def _pair_with_baseline(rows: list[RowResult]) -> None:
+    """Every row of `rows` but their baseline is paired with it (METHOD.md 9)."""
+    base = next((r for r in rows if r.baseline), None)
+    for r in rows:
+        r.base = None if r is base else base
+
+
 def sharing(recipe: Recipe, ablations: Path = ABLATIONS) -> dict[str, list[str]]:
     """Teacher run -> the rows of every table (both margin spaces) that resolve to it."""
     out: dict[str, list[str]] = {}
@@ -128,8 +138,7 @@ def sharing(recipe: Recipe, ablations: Path = ABLATIONS) -> dict[str, list[str]]
         if table in STUDENT_TABLES or not (Path(ablations) / table).is_dir():
             continue
         for row in load_rows(table, ablations):
-            name = f"{TITLES[table].split(':')[0]}{' (logit)' if space == 'logit' else ''}: {row.label}"
-            out.setdefault(row_teacher(recipe, row, space).name, []).append(name)
+            out.setdefault(row_teacher(recipe, row, space).name, []).append(_row_name(table, space, row))
     return out
 
 
@@ -155,30 +164,27 @@ def collect(tid: str, recipe: Recipe, seeds: list[int], runs: Path, ablations: P
         teacher = row_teacher(recipe, row, space)
         result = RowResult(row, teacher.name, {stage: StageResult() for stage in STAGES},
                            baseline=teacher.name == PLAIN_CE, label=row.label)
-        own = f"{TITLES[table].split(':')[0]}{' (logit)' if space == 'logit' else ''}: {row.label}"
+        own = _row_name(table, space, row)
         result.shared_with = [name for name in shared.get(teacher.name, []) if name != own]
         _fill(result, recipe, seeds, runs)
         out.append(result)
-    base = next((r for r in out if r.baseline), None)
-    for r in out:
-        r.base = None if r is base else base
+    _pair_with_baseline(out)
     return out
 
 
 def collect_students(table: str, recipe: Recipe, seeds: list[int], runs: Path, ablations: Path) -> list[RowResult]:
-    """Table D: each student method (row) from each of STUDENT_TABLE_TEACHERS, paired with its plain-CE teacher."""
+    """Table D: each student method (row) from each of its teachers (runs.STUDENT_TABLE_TEACHERS), paired with its
+    plain-CE teacher."""
     out = []
+    teachers = student_table_teachers(recipe)
     for row in load_rows(table, ablations):
         variant = StudentVariant.from_row(row, recipe.proxy)
         method_rows = []
-        for teacher_label, args in STUDENT_TABLE_TEACHERS:
-            teacher = teacher_run(recipe, list(args))
+        for teacher_label, teacher in teachers:
             result = RowResult(row, teacher.name, {stage: StageResult() for stage in STAGES},
                                baseline=teacher.name == PLAIN_CE, label=f"{row.label} ← {teacher_label}")
             _fill(result, recipe, seeds, runs, variant.stage)
             method_rows.append(result)
-        base = next((r for r in method_rows if r.baseline), None)
-        for r in method_rows:
-            r.base = None if r is base else base
+        _pair_with_baseline(method_rows)
         out += method_rows
     return out

@@ -156,7 +156,8 @@ def run_job(job: Job, recipe: Recipe, runs: Path, dry_run: bool = False, threads
     run_dir = job.dir(runs)
     results_path = run_dir / RESULTS_FILE
     stage = "teacher" if job.stage == "teacher" else "student"
-    teacher_ckpt = job.teacher_dir(runs) / "checkpoints" / "last.ckpt" if job.needs else None
+    teacher_dir = job.needs.dir(runs) if job.needs is not None else None
+    teacher_ckpt = teacher_dir / "checkpoints" / "last.ckpt" if teacher_dir is not None else None
     command = recipe.command(stage, run_dir, job.seed, list(job.args), teacher_checkpoint=teacher_ckpt)
     expected = effective(command[command.index("fit") + 1:])
     state = run_state(read_results(results_path))
@@ -166,10 +167,10 @@ def run_job(job: Job, recipe: Recipe, runs: Path, dry_run: bool = False, threads
         check_recipe(run_dir, expected, "kept")
         say(f"{tag}: complete, not re-run")
         return state
-    if job.needs is not None:
-        teacher_state = run_state(read_results(job.teacher_dir(runs) / RESULTS_FILE))
+    if teacher_dir is not None:
+        teacher_state = run_state(read_results(teacher_dir / RESULTS_FILE))
         if teacher_state != "complete":
-            message = f"its teacher ({job.teacher_dir(runs)}) is {teacher_state}, not complete"
+            message = f"its teacher ({teacher_dir}) is {teacher_state}, not complete"
             say(f"{tag}: not started: {message}")
             if not dry_run:
                 run_dir.mkdir(parents=True, exist_ok=True)

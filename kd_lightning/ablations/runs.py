@@ -121,6 +121,13 @@ class StudentVariant:
 KD = StudentVariant()
 #: Table D's teachers, as `kd-lightning fit` arguments that teacher_run() resolves (plain CE, then the paper's).
 STUDENT_TABLE_TEACHERS = (("plain CE teacher", ("--model.contrastive_weight=0",)), ("paper's teacher", ()))
+
+
+def student_table_teachers(recipe: Recipe) -> list[tuple[str, TeacherRun]]:
+    """(label, run) of Table D's teachers under `recipe`: the plain CE teacher, then the paper's."""
+    return [(label, teacher_run(recipe, list(args))) for label, args in STUDENT_TABLE_TEACHERS]
+
+
 ALONE_VARIANT = StudentVariant("student", ("--config", rel(ROOT / "configs" / "student" / "alone.yaml")))
 
 
@@ -147,9 +154,6 @@ class Job:
         if self.stage == "teacher" or self.teacher == ALONE:
             return None
         return Job(self.data, self.teacher, self.seed, "teacher")
-
-    def teacher_dir(self, runs: Path | str) -> Path:
-        return Path(runs) / self.data / self.teacher / f"seed{self.seed}" / "teacher"
 
 
 def teacher_job(data: str, teacher: TeacherRun, seed: int) -> Job:

@@ -38,7 +38,7 @@ from kd_lightning.ablations.rows import (
     ABLATIONS, RESULTS_FILE, ROOT, STUDENT_TABLES, TABLES, Row, load_rows, read_results, run_state,
 )
 from kd_lightning.ablations.runs import (
-    STUDENT_TABLE_TEACHERS, Job, StudentVariant, TeacherRun, student_job, teacher_job, teacher_run,
+    PAPER, PLAIN_CE, Job, StudentVariant, student_job, student_table_teachers, teacher_job, teacher_run,
 )
 
 SWEEPS = ROOT / "configs" / "sweeps"
@@ -221,16 +221,13 @@ def agent_run(recipe: Recipe, jobs: list[Job], runs: Path, config: dict[str, Any
 
 
 EXIT_FAILED = 3
-#: Table D's `teacher` sweep values: the names runs.py gives STUDENT_TABLE_TEACHERS (the same on every recipe).
-STUDENT_TEACHER_NAMES = ("plain_ce", "paper")
+#: Table D's `teacher` sweep values: the names runs.py gives its teachers (the same on every recipe).
+STUDENT_TEACHER_NAMES = (PLAIN_CE, PAPER)
 
 
 def student_table_jobs(recipe: Recipe, rows: list[Row], swept: dict[str, str], seed: int) -> tuple[Row, list[Job]]:
     """Table D's agent run: the teacher (`--teacher=plain_ce|paper`) and the student method (`--student=<row>`)."""
-    teachers: dict[str, TeacherRun] = {}
-    for _, args in STUDENT_TABLE_TEACHERS:
-        run = teacher_run(recipe, list(args))
-        teachers[run.name] = run
+    teachers = {run.name: run for _, run in student_table_teachers(recipe)}
     by_name = {row.name: row for row in rows}
     if swept.get("teacher") not in teachers or swept.get("student") not in by_name:
         raise ValueError(f"Table D's sweep passes --teacher={'|'.join(teachers)} and --student="
