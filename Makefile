@@ -9,19 +9,24 @@ SEEDS ?= 0
 RUNS ?= runs/ablations
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast clean
+.PHONY: help install lock demo test test-fast clean
 
 help: ## Show this list of targets
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt is the lock: the exact versions the tests and the README's numbers were measured with.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq -e '.[dev]'
+	$(PY) -m pip install -qq -e '.[dev]' -c constraints.txt
 	touch $@
 
-install: $(VENV)/.installed ## Create .venv (if missing) and install kd-lightning with its pinned dependencies
+install: $(VENV)/.installed ## Create .venv (if missing) and install kd-lightning with the locked versions (constraints.txt)
+
+lock: ## Rewrite constraints.txt from what .venv holds (after deliberately changing a version)
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: install ## The paper's comparison: CE vs intra-class teacher -> KD student, and the student alone (synthetic, CPU)
 	$(PY) experiments/demo.py --seeds $(SEEDS) --runs '$(RUNS)'

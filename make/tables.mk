@@ -55,15 +55,17 @@ sweeps: install ## Regenerate configs/sweeps/<table>.yaml (W&B sweeps) from the 
 # resumes: finished runs are read, not re-run, so it can span sessions.
 PROXY_SEEDS ?= 0 1 2 3 4
 PROXY_RUNS ?= results/proxy-runs
+# The committed tables live in their own folder, so a user's `make tables` (RESULTS=results) never overwrites them.
+PROXY_RESULTS ?= results/proxy
 proxy: install ## The committed 5-seed proxy: demo + Tables A-C in results/proxy-runs (~1.5 h on 2 cores; resumes)
 	done=""; for seed in $(PROXY_SEEDS); do done="$$done $$seed"; \
-		$(PY) experiments/demo.py --seeds $$done --runs '$(PROXY_RUNS)' --jobs $(JOBS) --out '$(RESULTS)' && \
+		$(PY) experiments/demo.py --seeds $$done --runs '$(PROXY_RUNS)' --jobs $(JOBS) --out '$(PROXY_RESULTS)' && \
 		$(ABLATE) run margin contrastive lambda --seeds $$done --jobs $(JOBS) --runs '$(PROXY_RUNS)' \
-			--out '$(RESULTS)' || exit $$?; \
+			--out '$(PROXY_RESULTS)' || exit $$?; \
 	done
 
 # Table D on the committed proxy: its teachers are the proxy's plain-CE and paper runs (and its KD row their KD
 # students), so only the other student methods are trained; 3 seeds (about 10 minutes on 2 cores).
 PROXY_STUDENT_SEEDS ?= 0 1 2
 proxy-students: install ## Table D on the committed proxy, seeds 0-2, in results/proxy-runs (resumes)
-	$(ABLATE) run students --seeds $(PROXY_STUDENT_SEEDS) --jobs $(JOBS) --runs '$(PROXY_RUNS)' --out '$(RESULTS)'
+	$(ABLATE) run students --seeds $(PROXY_STUDENT_SEEDS) --jobs $(JOBS) --runs '$(PROXY_RUNS)' --out '$(PROXY_RESULTS)'
