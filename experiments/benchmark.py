@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import gc
 import math
@@ -202,6 +203,58 @@ class EpochMeter(pl.Callback):
                 "warmup_s": warmup_s, "epochs": [{k: round(v, 4) for k, v in e.items()} for e in self.epochs]}
 
 
+# ==== what every arm runs under =====================================================================================
+@dataclasses.dataclass(frozen=True)
+class ArmSettings:
+    """The settings every arm (limit, framework, classic) enters with, set explicitly at each arm's start and
+    recorded in the result file, so no arm inherits another's (Lightning's `trainer.benchmark` sets cuDNN autotuning
+    process-wide and nothing resets it).
+
+    cudnn_benchmark: cuDNN autotuning, for all arms (the Trainer arms also get `--trainer.benchmark` = this).
+    channels_last_model: parameters in channels_last (on a GPU; what the fast path does), for all arms.
+    input_layout: the layout images reach the network in: NCHW for all arms (the fast path's loader yields NCHW;
+        the raw loop no longer converts its inputs, which would have cost the framework a transpose per forward).
+    graph_warmup_steps: eager steps before a CUDA graph is captured (raw loop and fast path alike, PyTorch's 3).
+    untimed: what each arm runs before timing starts (raw loop: warm-up, capture, 3 replays and a calibration
+        window; Trainer arms: their whole first epoch).
+    data_placement: where each arm's training data live. The limit and the framework both keep CIFAR-100 on the
+        device and augment it there; the classic arm's host DataLoader is what it measures, so it differs by design.
+    """
+
+    cudnn_benchmark: bool = True
+    channels_last_model: bool = True
+    input_layout: str = "NCHW"
+    graph_warmup_steps: int = 3
+    untimed: str = "limit: warm-up + capture + 3 replays + calibration; framework/classic: epoch 0"
+    data_placement: tuple[tuple[str, str], ...] = (
+        ("limit", "device-resident, augmented on the device"),
+        ("framework", "device-resident (data.gpu_resident=true), augmented on the device"),
+        ("classic", "host: torchvision CIFAR100 + PIL transforms in a DataLoader"))
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["data_placement"] = dict(self.data_placement)
+        return out
+
+
+def enter_arm(name: str, ctx: "Context") -> dict[str, Any]:
+    """Sets the shared settings at an arm's start and returns them as the arm found them (recorded per arm)."""
+    arm = ctx.arm
+    if torch.backends.cudnn.is_available() or ctx.device.type == "cpu":
+        torch.backends.cudnn.benchmark = arm.cudnn_benchmark
+    return {"arm": name, "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "channels_last_model": arm.channels_last_model and ctx.device.type == "cuda",
+            "input_layout": arm.input_layout, "graph_warmup_steps": arm.graph_warmup_steps,
+            "data_placement": dict(arm.data_placement)[name]}
+
+
+class ChannelsLastModel(pl.Callback):
+    """Puts the classic arm's model in channels_last at the start of training, as the fast path does its own."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.to(memory_format=torch.channels_last)
+
+
 # ==== (a) the limit: raw PyTorch ====================================================================================
 class RawLoop:
     """One stage's training step written directly in PyTorch, everything on the device, captured in one graph.
@@ -263,9 +316,8 @@ class RawLoop:
         self.cursor.add_(1)
         views = ROWS_PER_IMAGE[self.stage]
         raw = self.images[ids]
+        # NCHW inputs into a channels_last model, exactly as the framework's loader feeds its fast path.
         x = normalize(gpu_crop_flip(raw.repeat(views, 1, 1, 1) if views > 1 else raw, 4), self.mean, self.std)
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
         labels = self.labels[ids]
         self.opt.zero_grad(set_to_none=True)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if self.cuda
@@ -307,10 +359,17 @@ class RawLoop:
 
 def measure_limit(stage: str, batch: int, ctx: "Context", compile: Optional[str]) -> dict[str, Any]:
     free_memory()
+    settings = enter_arm("limit", ctx)
+    result = time_limit(stage, batch, ctx, compile)
+    result["settings"] = settings
+    return result
+
+
+def time_limit(stage: str, batch: int, ctx: "Context", compile: Optional[str]) -> dict[str, Any]:
     device = ctx.device
     loop = RawLoop(stage, ctx.backbones, batch, ctx.bank_images, ctx.bank_labels, device, compile)
     t0 = time.perf_counter()
-    loop.warm_up_and_capture()
+    loop.warm_up_and_capture(ctx.arm.graph_warmup_steps)
     loop.run(3)
     sync(device)
     setup_s = time.perf_counter() - t0
@@ -347,6 +406,7 @@ def cli_args(stage: str, batch: int, ctx: "Context", run_dir: Path, fast: bool, 
         "--trainer.enable_model_summary=false", f"--trainer.max_epochs={epochs}",
         f"--trainer.limit_train_batches={batches_per_epoch}", "--trainer.num_sanity_val_steps=0",
         f"--trainer.accelerator={'gpu' if ctx.device.type == 'cuda' else 'cpu'}", "--trainer.devices=1",
+        f"--trainer.benchmark={str(ctx.arm.cudnn_benchmark).lower()}",  # every arm: the same cuDNN autotuning
     ]
     if stage == "student":
         args.append(f"--model.init_args.teacher_checkpoint={ctx.teacher_ckpt}")
@@ -358,10 +418,17 @@ def cli_args(stage: str, batch: int, ctx: "Context", run_dir: Path, fast: bool, 
 def measure_lightning(stage: str, batch: int, ctx: "Context", fast: bool, expected_steps_s: float,
                       extra: Optional[list[str]] = None) -> dict[str, Any]:
     """Fits 3 short epochs through the CLI's own objects and returns the meter's summary."""
+    free_memory()
+    settings = enter_arm("framework" if fast else "classic", ctx)
+    result = time_lightning(stage, batch, ctx, fast, expected_steps_s, list(extra or []))
+    result["settings"] = settings
+    return result
+
+
+def time_lightning(stage: str, batch: int, ctx: "Context", fast: bool, expected_steps_s: float,
+                   extra: list[str]) -> dict[str, Any]:
     from kd_lightning.cli import KDLightningCLI
 
-    free_memory()
-    extra = list(extra or [])
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench-{stage}-{batch}-", dir=ctx.work_dir))
     steps_per_batch = 1
     if fast:
@@ -383,6 +450,8 @@ def measure_lightning(stage: str, batch: int, ctx: "Context", fast: bool, expect
     meter = EpochMeter()
     cli.trainer.callbacks.append(meter)
     datamodule = cli.datamodule
+    if not fast and ctx.arm.channels_last_model and ctx.device.type == "cuda":
+        cli.trainer.callbacks.append(ChannelsLastModel())
     if not fast:
         eval_batch = batch * 4 if ctx.smoke else 512
         datamodule = ClassicCIFAR100(str(ctx.data_dir), batch, ctx.classic_workers, eval_batch)
@@ -412,6 +481,7 @@ class Context:
         self.min_steps = 3 if self.smoke else 20
         self.calibrate_steps = 2 if self.smoke else 20
         self.classic_workers = args.classic_workers
+        self.arm = ArmSettings(cudnn_benchmark=args.cudnn_benchmark)
         # What the fast overlay sets (the last config that names it wins, as in the CLI).
         self.fast_steps_per_batch = 1
         for name in FAST_OVERLAY:
@@ -435,7 +505,8 @@ class Context:
         self.date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
         slug = re.sub(r"[^a-z0-9]+", "-", self.device_name.lower()).strip("-")
         self.out_dir = Path(args.out_dir or (ROOT / ("runs/bench" if self.smoke else "experiments/results")))
-        self.out_path = self.out_dir / f"bench-{slug}-{self.date}.json"
+        tag = f"-{args.tag}" if args.tag else ""
+        self.out_path = self.out_dir / f"bench-{slug}-{self.date}{tag}.json"
         self.copy_to = Path(args.copy_to) if args.copy_to else None
 
     def time_left(self) -> float:
@@ -488,7 +559,7 @@ def write_outputs(ctx: Context, rows: list[dict], details: dict[str, Any]) -> No
             total += projected_minutes(found["img_s"], ROWS_PER_IMAGE[stage], overhead, found.get("warmup_s", 0.0))
         recipe[path] = round(total, 1) if total is not None else None
     main = {"device": ctx.device_name, "torch": torch.__version__, "date": ctx.date,
-            "full_recipe_minutes": recipe["framework"], "rows": rows}
+            "full_recipe_minutes": recipe["framework"], "arm_settings": ctx.arm.as_dict(), "rows": rows}
     details["full_recipe_minutes"] = recipe
     atomic_write_json(ctx.out_path, main)
     atomic_write_json(ctx.out_path.with_suffix(".details.json"), details)
@@ -521,10 +592,11 @@ def run(args: argparse.Namespace) -> Path:
     details: dict[str, Any] = {"device": ctx.device_name, "torch": torch.__version__,
                                "lightning": pl.__version__, "date": ctx.date, "smoke": ctx.smoke,
                                "backbones": ctx.backbones, "units": "network inputs per second",
+                               "arm_settings": ctx.arm.as_dict(),
                                "measurements": {}, "variants": [], "errors": []}
     errors = details["errors"]
     rows: list[dict] = []
-    for stage in args.stages:
+    for stage in ([] if args.no_rows else args.stages):
         for batch in args.batches:
             key = f"{stage}-{batch}"
             if ctx.time_left() < 0:
@@ -578,24 +650,39 @@ def run(args: argparse.Namespace) -> Path:
 Variant = tuple[str, str, int, list[str], Optional[str], float]
 
 
+VARIANT_NAMES = ("compile", "k1", "nograph")
+
+
 def variants(args: argparse.Namespace) -> list[Variant]:
-    """What each part of the fast path buys, at batch 64, run after the main rows while the time budget lasts:
-    (name, stage, batch, framework overrides, compile mode for a matching limit or None, seconds it needs)."""
+    """What each part of the fast path buys, at batch 64, in order of value, run after the main rows while the time
+    budget lasts: (name, stage, batch, framework overrides, compile mode for a matching limit or None, seconds it
+    needs). `--variants` picks which (default all; the compile variant needs a GPU)."""
     if args.no_variants:
         return []
+    chosen = args.variants or list(VARIANT_NAMES)
     found: list[Variant] = []
     batch = RECIPE_BATCH if RECIPE_BATCH in args.batches else args.batches[0]
-    if not args.smoke:
-        # Inductor's kernels inside the same whole-step graph; the limit gets the same compile. Compiling costs a
-        # minute or two per stage, so it only starts with that much of the budget left.
+    if "compile" in chosen and not args.smoke:
+        # Inductor's kernels inside the same whole-step graph; the limit gets the same compile.
         for stage in args.stages:
             found.append(("inductor (compile=default) + CUDA graph", stage, batch,
                           ["--model.init_args.compile=default"], "default", args.compile_reserve_s))
-    for stage in args.stages:
-        found.append(("one step per batch (K=1)", stage, batch, ["--model.init_args.steps_per_batch=1"], None, 20.0))
-    for stage in args.stages:
-        found.append(("no CUDA graph", stage, batch, ["--model.init_args.cuda_graph=false"], None, 30.0))
+    if "k1" in chosen:
+        for stage in args.stages:
+            found.append(("one step per batch (K=1)", stage, batch, ["--model.init_args.steps_per_batch=1"], None,
+                          20.0))
+    if "nograph" in chosen:
+        for stage in args.stages:
+            found.append(("no CUDA graph", stage, batch, ["--model.init_args.cuda_graph=false"], None, 30.0))
     return found
+
+
+def print_plan(args: argparse.Namespace) -> None:
+    """What a run with these arguments would measure, in order (the `--dry-run` output)."""
+    rows = [] if args.no_rows else [f"{stage}-{batch}: limit, framework, classic" for stage in args.stages
+                                     for batch in args.batches]
+    plan = rows + [f"variant {v[0]} ({v[1]}, batch {v[2]})" for v in variants(args)]
+    print("benchmark plan: " + ("; ".join(plan) if plan else "nothing"))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -611,6 +698,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--compile-reserve-s", type=float, default=140.0,
                         help="start a compiled variant only with this much of the budget left")
     parser.add_argument("--no-variants", action="store_true", help="only the main rows")
+    parser.add_argument("--no-rows", action="store_true", help="only the variants (their base rows run elsewhere)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=None,
+                        help="which variants, in this order of value (default all)")
+    parser.add_argument("--tag", default=None, help="suffix of the result files (one per gpu_check.sh step)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be measured and exit")
+    parser.add_argument("--cudnn-benchmark", default=True, action=argparse.BooleanOptionalAction,
+                        help="cuDNN autotuning, set identically at every arm's start (default on)")
     parser.add_argument("--out-dir", default=None, help="default experiments/results (smoke: runs/bench)")
     parser.add_argument("--copy-to", default=None, help="also copy the JSON files here (e.g. $OUT)")
     parser.add_argument("--work-dir", default=None, help="where data files and runs go (default: a temp dir)")
@@ -622,6 +716,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         args.window_s = 0.2 if args.smoke else 2.0
     if args.classic_workers is None:
         args.classic_workers = 0 if args.smoke else 8
+    if args.dry_run:
+        print_plan(args)
+        return
     if not args.smoke and not torch.cuda.is_available():
         parser.error("no CUDA device: the full benchmark needs a GPU; use --smoke for the CPU check")
     if args.smoke:

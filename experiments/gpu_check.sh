@@ -1,41 +1,86 @@
 #!/usr/bin/env bash
 # The one script a session with a GPU runs (docs/speed.md, "Measuring on the GPU"). From the repository root:
-#   make bench-wheels        # here, once: the Python packages the device image lacks, as wheels in .whl/
-#   device tool: run(command="bash experiments/gpu_check.sh", carry=[".whl"], timeout_s=570)
-# It installs the carried wheels, checks the fast path against the standard path on the GPU (CUDA tests), runs the
-# benchmark (main rows first, then variants while its time budget lasts), and writes everything to $OUT:
-# bench-<gpu>-<date>.json (+ .details.json), pytest_cuda.log, bench.log, env.txt. Ends within 8 minutes (tests at most
-# 100 s, the benchmark stops starting measurements after 270 s and is killed at 360 s). A short rerun:
-#   bash experiments/gpu_check.sh --no-variants
+#   make bench-wheels                 # here, once: the Python packages the device image lacks, as wheels in .whl/
+#   bash experiments/gpu_check.sh --dry-run    # here, on the CPU: the plan, each step's seconds and the total
+#   device tool: run(command="bash experiments/gpu_check.sh", carry=[".whl"], timeout_s=420)
+# Steps run in order of value, each under its own `timeout` (its projected seconds are that cap, so the total is a
+# bound, not a guess): smoke (environment, install, CUDA tests of the captured step), then the benchmark's main
+# rows at the paper's batch, the compile variant, batch 512, and the remaining variants. Everything lands in $OUT:
+# env.txt, pytest_cuda.log, bench-<step>.log and bench-<gpu>-<date>-<step>.json (+ .details.json).
+# The W&B logger is never built here: the tests use logger=False and the benchmark passes --trainer.logger=false.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+DRY=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 OUT="${OUT:-$PWD/runs/gpu_check}"
-mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 WANDB_MODE=disabled
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The device's python3 holds its torch; a CPU dry-run uses the checkout's venv when there is one.
+if [[ -z "${PY:-}" && $DRY -eq 1 && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
 PY=${PY:-python3}
+BENCH=(experiments/benchmark.py --copy-to "$OUT")
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "gpu_check: installing the carried wheels failed" >&2; exit 1; }
-  export PYTHONPATH="$PYTHONPATH:/tmp/site"
+# name | cap in seconds | command. The caps add up to under 6 minutes (checked below), leaving a rerun in 15.
+STEPS=(
+  "env|5|nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv; \
+$PY -c 'import torch, pytorch_lightning as pl; print(\"torch\", torch.__version__, \"lightning\", pl.__version__, \
+torch.cuda.get_device_name(0))'; nproc"
+  "install|20|install_project"
+  "cuda-tests|80|$PY -m pytest -q -p no:cacheprovider tests/test_fast_path.py tests/test_fast_trace.py \
+tests/test_nonfinite_check.py -k 'cuda or captured'"
+  "bench-64|105|$PY ${BENCH[*]} --tag b64 --batches 64 --no-variants --budget-s 90"
+  "compile|70|$PY ${BENCH[*]} --tag compile --batches 64 --no-rows --variants compile --compile-reserve-s 0 \
+--budget-s 40"
+  "bench-512|45|$PY ${BENCH[*]} --tag b512 --batches 512 --no-variants --budget-s 30"
+  "variants|30|$PY ${BENCH[*]} --tag variants --batches 64 --no-rows --variants k1 nograph --budget-s 15"
+)
+
+install_project() {
+  # Only what the image lacks travels (make bench-wheels); the project itself goes in with --no-deps, so pip never
+  # tries to replace the image's torch 2.11 / torchvision 0.26 / Lightning 2.6.6 (the device reaches no index).
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || { echo "gpu_check: installing the carried wheels failed" >&2; return 1; }
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+    || echo "gpu_check: editable install failed; running from PYTHONPATH=$PWD"
+  "$PY" -c "import jsonargparse, submitit, typeshed_client, docstring_parser" \
+    || { echo "gpu_check: a carried package is missing: run 'make bench-wheels' here and carry .whl" >&2; return 1; }
+}
+export PYTHONPATH="$PYTHONPATH:/tmp/site"
+
+total=0
+echo "gpu_check plan (seconds are each step's timeout cap):"
+for step in "${STEPS[@]}"; do
+  IFS='|' read -r name cap cmd <<<"$step"
+  total=$((total + cap))
+  printf '  %-11s %4d s  %s\n' "$name" "$cap" "${cmd:0:110}"
+done
+printf '  %-11s %4d s  (%d min %02d s; limit 360 s)\n' total "$total" $((total / 60)) $((total % 60))
+if (( total > 360 )); then echo "gpu_check: the plan exceeds 6 minutes" >&2; exit 2; fi
+if (( DRY )); then  # what each benchmark step would measure, parsed by the benchmark itself
+  for step in "${STEPS[@]}"; do
+    IFS='|' read -r name cap cmd <<<"$step"
+    if [[ "$cmd" == *benchmark.py* ]]; then echo -n "  $name: "; bash -c "$cmd --dry-run" || exit 1; fi
+  done
+  exit 0
 fi
-"$PY" -c "import jsonargparse" 2>/dev/null \
-  || { echo "gpu_check: jsonargparse is missing: run 'make bench-wheels' here and carry .whl" >&2; exit 1; }
 
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1
-  "$PY" -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'lightning', pl.__version__, 'gpu', torch.cuda.get_device_name(0))"
-  nproc; } 2>&1 | tee "$OUT/env.txt"
-
-echo "== CUDA tests: the captured step against the standard path"
-timeout 100 "$PY" -m pytest tests/test_fast_path.py -q -p no:cacheprovider -k "cuda or captured" 2>&1 \
-  | tee "$OUT/pytest_cuda.log" | tail -15
-
-# Arguments of this script go to the benchmark (e.g. --no-variants for a short rerun).
-echo "== benchmark"
-timeout 360 "$PY" experiments/benchmark.py --copy-to "$OUT" --budget-s 270 "$@" 2>&1 | tee "$OUT/bench.log" \
-  | grep -v "Warning\|warn(" | tail -60
-status=${PIPESTATUS[0]}
+mkdir -p "$OUT"
+status=0
+for step in "${STEPS[@]}"; do
+  IFS='|' read -r name cap cmd <<<"$step"
+  echo "== $name (at most $cap s)"
+  start=$SECONDS
+  if [[ "$cmd" == install_project ]]; then
+    timeout "$cap" bash -c "$(declare -f install_project); PY=$PY install_project" 2>&1 | tee "$OUT/$name.log" | tail -20
+  else
+    timeout "$cap" bash -c "$cmd" 2>&1 | tee "$OUT/$name.log" | grep -v "Warning\|warn(" | tail -40
+  fi
+  rc=${PIPESTATUS[0]}
+  echo "   $name: exit $rc after $((SECONDS - start)) s"
+  if (( rc != 0 )); then status=$rc; fi
+  if [[ "$name" == install && $rc -ne 0 ]]; then exit "$rc"; fi
+done
 ls -la "$OUT"
 exit "$status"

@@ -36,6 +36,7 @@ from kd_lightning.utils.checkpoint import CheckpointError, load_checkpoint_file
 from kd_lightning.utils.config_files import check_config_files
 from kd_lightning.utils.console_noise import drop_unset_wandb_anonymous, silence_known_noise
 from kd_lightning.utils.hardware import describe_hardware
+from kd_lightning.utils.world_size import sync_batchnorm_applies
 
 DEFAULT_RUN_DIR = "runs/default"
 PROG = "kd-lightning"
@@ -58,7 +59,22 @@ def wandb_credentials_configured() -> bool:
 
 
 class SaveConfigToRun(SaveConfigCallback):
-    """Saves the resolved config to the run directory (overwriting on re-runs) and into the W&B run config."""
+    """Saves the resolved config to the run directory (overwriting on re-runs, atomically: a resume and the table
+    runner read it) and into the W&B run config."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved or not self.save_to_log_dir:
+            return super().setup(trainer, pl_module, stage)
+        log_dir = trainer.log_dir  # on every rank: it broadcasts
+        if trainer.is_global_zero:
+            from kd_lightning.utils.atomic import atomic_write_text
+
+            atomic_write_text(Path(log_dir) / self.config_filename, self.parser.dump(self.config, skip_none=False))
+        self.save_to_log_dir = False  # written above; the rest of Lightning's setup (W&B config, broadcast) as is
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            self.save_to_log_dir = True
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
@@ -81,6 +97,10 @@ class KDLightningCLI(LightningCLI):
             "default_env": False, "prog": PROG, **{name: {"usage": SHORT_USAGE} for name in SUBCOMMANDS},
         })
         defaults = dict(kwargs.get("trainer_defaults") or {"default_root_dir": DEFAULT_RUN_DIR})
+        # More than one process: one BatchNorm over the global batch, as on one GPU (opt out with
+        # --trainer.sync_batchnorm=false; on the CPU torch has no SyncBatchNorm, see before_instantiate_classes).
+        defaults.setdefault("sync_batchnorm", True)
+        defaults.setdefault("devices", 1)  # not Lightning's "auto" (every GPU of the node): more only when asked
         extra = defaults.get("callbacks") or []
         defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RNGState(), EpochLog(),
                                  ClampLogInterval()]
@@ -118,7 +138,15 @@ class KDLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
         self._choose_progress_bar(config.trainer)
+        self._choose_sync_batchnorm(config.trainer)
         self._configure_wandb(config)
+
+    @staticmethod
+    def _choose_sync_batchnorm(trainer: Any) -> None:
+        # torch's SyncBatchNorm raises on CPU tensors: on the CPU each process keeps its own BatchNorm statistics
+        # (the table runner then counts the world size as part of the run's identity, ablations/identity.py).
+        if trainer.sync_batchnorm and not sync_batchnorm_applies(trainer.accelerator, True):
+            trainer.sync_batchnorm = False
 
     # --- console: a progress bar on a terminal, else EpochLog's lines ------------------------------------------------
     @staticmethod

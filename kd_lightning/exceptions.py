@@ -1,13 +1,42 @@
-"""The errors a user can cause that our own code raises, in a module that imports nothing.
+"""The errors a user can cause, in a module that imports nothing.
 
-Any package may raise these without importing another (kd_lightning/fast raises NonFiniteLossError, which the
-modules built on it re-export); kd_lightning/errors.py reports them.
+Every error that our own code raises because of user input (a config, a command-line value, a file, a row of a
+table) derives from KDLightningError: the CLI and the table runner print those as one line (kd_lightning/errors.py).
+Anything else is a bug and keeps its traceback. Any package may raise these without importing another
+(kd_lightning/fast raises NonFiniteLossError, which the modules built on it re-export).
+
+The subclasses also derive from the built-in exception they used to be (ValueError, RuntimeError, ...), so code and
+tests that catch those keep working.
 """
 
 
-class NonFiniteLossError(RuntimeError):
+class KDLightningError(Exception):
+    """Base class of every error a user can cause and fix: the message names the file or value and the fix."""
+
+
+class UserValueError(KDLightningError, ValueError):
+    """A value the user gave (a config key, a command-line option) that the project does not accept."""
+
+
+class UserFileError(KDLightningError, FileNotFoundError):
+    """A file or folder the user named (or that a command needs) is missing."""
+
+
+class NonFiniteLossError(KDLightningError, RuntimeError):
     """Training produced NaN or inf; the message names the step and the loss part."""
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(KDLightningError, ValueError):
     """A `--config` file that cannot be read as YAML; the message names the file, the line and the fix."""
+
+
+class RowError(KDLightningError, ValueError):
+    """A row of an ablation table (its file or its manifest entry) that does not resolve to a run."""
+
+
+class DiskFullError(KDLightningError, OSError):
+    """A write ran out of space; the message names the file and how to continue."""
+
+
+class StaleRunError(KDLightningError, ValueError):
+    """A finished (or resumable) run was trained with other settings than the recipe now asks for."""

@@ -27,6 +27,24 @@ TINY_DATA = [
     "--data.batch_size=32",
     "--data.num_workers=0",
 ]
+#: The numeric tests: every comparison of computed values with a reference (another world size, the fast path, a
+#: resumed or re-seeded run, a naive loop over docs/method.md). CI runs them a second time under another CPU kernel
+#: set (`ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41`, see .ci/run), as a machine of another vendor would.
+NUMERIC_FILES = {"test_ddp.py", "test_gather.py", "test_fast_path.py", "test_resume.py", "test_rng_state.py",
+                 "test_objectives.py", "test_distillation.py", "test_distillation_methods.py", "test_crd.py",
+                 "test_gate_memory.py", "test_soft_labels.py"}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "numeric: compares computed values with a reference (see NUMERIC_FILES)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in NUMERIC_FILES:
+            item.add_marker(pytest.mark.numeric)
+
+
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false"]
 
 

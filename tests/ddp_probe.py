@@ -88,7 +88,8 @@ class DDPProbe(pl.Callback):
     `training_step` output); the contrastive objective's output and its `ids` argument at every step; the parameter
     gradients at the first optimizer step (after DDP's all-reduce); a copy of the class memory right after every
     enqueue (before any later forward, where DDP's buffer broadcast would overwrite rank 1's copy with rank 0's and
-    hide a difference); the final `val/*` metrics; for a student, the frozen teacher's state before and after
+    hide a difference); the final `val/*` metrics (and, under `kd-lightning test`, the `test/*` metrics in
+    `test-rank<r>.pt`); for a student, the frozen teacher's state before and after
     training, its training flag at every step, and whether any of its tensors is inside the DDP-wrapped model.
     Every call of results.json's writer is appended to `<out_dir>/results-writes-rank<r>.txt`.
 
@@ -187,3 +188,10 @@ class DDPProbe(pl.Callback):
         if teacher is not None:
             self.record["teacher_after"] = _state(teacher)
         torch.save(self.record, self.out_dir / f"rank{trainer.global_rank}.pt")
+
+    # --- test ------------------------------------------------------------------------------------------------------
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """`kd-lightning test`: this rank's view of the (synchronised) `test/*` metrics, in test-rank<r>.pt."""
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        torch.save({"world_size": trainer.world_size, "test": metrics},
+                   self.out_dir / f"test-rank{trainer.global_rank}.pt")

@@ -29,8 +29,8 @@ def test_teacher_run_writes_checkpoints_config_and_results(trained_teacher: Path
         assert 0.0 <= metrics["test/acc"] <= 1.0
         assert metrics["test/acc"] <= metrics["test/acc_top5"]
         assert metrics["test/loss"] > 0
-        assert metrics["test/d_intra"] > 0 and metrics["test/d_inter"] > 0
-        assert metrics["test/ratio"] == pytest.approx(metrics["test/d_intra"] / metrics["test/d_inter"], rel=1e-4)
+        # Present in both sections; their values are pinned to naive loops in tests/test_geometry.py.
+        assert {"test/d_intra", "test/d_inter", "test/ratio", "test/soft_entropy"} <= set(metrics)
     last = results["last"]
     assert last["train/loss"] == pytest.approx(last["train/loss_ce"] + 0.05 * last["train/loss_contrastive"],
                                                rel=1e-4, abs=1e-6)

@@ -1,4 +1,4 @@
-"""CRDLoss (Tian et al. 2020; METHOD.md 5) against a naive loop, its memory, and CRD students through the CLI.
+"""CRDLoss (Tian et al. 2020; docs/method.md Â§5) against a naive loop, its memory, and CRD students through the CLI.
 
 The naive NCE works from python floats with math.exp/log, a fixed small memory, fixed heads and fixed negatives.
 End to end: DKD, DIST and CRD students train through `kd-lightning fit`; CRD's memory is identical on 2 gloo DDP
@@ -92,11 +92,13 @@ def test_nce_loss_and_normalisers_match_the_naive_loop():
     ids, negatives = [2, 7, 0], [[1, 3, 3, 9], [0, 2, 4, 5], [8, 1, 6, 7]]
     want, z, _, _ = naive_crd(crd, f_s, f_t, ids, negatives)
     got = crd(f_s, f_t, torch.tensor(ids), torch.tensor(negatives))
+    # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
     assert got.item() == pytest.approx(want, rel=1e-5)
     assert crd.memory.normalisers.tolist() == pytest.approx(list(z), rel=1e-5)
     # Z is set once: a second batch is scored with the first batch's constants.
     f_s2, f_t2 = features(3, seed=2)
     want2, _, _, _ = naive_crd(crd, f_s2, f_t2, ids, negatives, z=z)
+    # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
     assert crd(f_s2, f_t2, torch.tensor(ids), torch.tensor(negatives)).item() == pytest.approx(want2, rel=1e-5)
     assert crd.memory.normalisers.tolist() == pytest.approx(list(z), rel=1e-5)
 
@@ -126,6 +128,7 @@ def test_memory_update_is_the_momentum_average_renormalised():
             if row in ids:
                 mixed = [0.5 * a + 0.5 * b for a, b in zip(before[row].tolist(), v[ids.index(row)])]
                 norm = math.sqrt(sum(x * x for x in mixed))
+                # tol: float32 memory update (momentum mix, renormalise) vs the same formula in float64 python: rounding only
                 assert memory[row].tolist() == pytest.approx([x / norm for x in mixed], rel=1e-5, abs=1e-6)
             else:
                 assert memory[row].equal(before[row])
@@ -138,6 +141,7 @@ def test_an_image_twice_in_one_update_takes_its_last_row():
     new = torch.nn.functional.normalize(torch.randn(2, 3), dim=1)
     crd.memory.update(torch.tensor([3, 3]), new, new)
     mixed = torch.nn.functional.normalize(0.5 * old + 0.5 * new[1], dim=0)
+    # tol: assert_close's float32 default: the stored row is the written float32 row (a copy, ~0 difference)
     torch.testing.assert_close(crd.memory.student[3], mixed)
 
 
@@ -243,6 +247,7 @@ def test_each_method_trains_through_the_cli(method_runs: dict, method, ce, kd, w
                                                          [method])
     for entry in results["history"]:
         ramp = 1.0 if warmup == 0 else min(1.0, (entry["epoch"] + 1) / warmup)
+        # tol: the logged parts are epoch means of float32 values, rounded separately from the logged total: rel 1e-4
         assert entry["train/loss"] == pytest.approx(ce * entry["train/loss_ce"] + kd * ramp * entry["train/loss_kd"],
                                                     rel=1e-4)
         assert math.isfinite(entry["train/loss_kd"]) and entry["train/loss_kd"] > 0
@@ -254,6 +259,7 @@ def test_crd_checkpoint_holds_memory_heads_and_their_optimizer_state(method_runs
     assert state["distillation.memory.student"].shape == (128, 128)  # the synthetic train set: 128 images
     assert int(state["distillation.memory.step"]) == 8  # 2 epochs of 4 steps
     # Every image was seen: every row was written at least once, so every row has unit norm.
+    # tol: assert_close's float32 default (rtol 1.3e-6): a unit vector's norm up to float32 rounding
     torch.testing.assert_close(state["distillation.memory.teacher"].norm(dim=1), torch.ones(128))
     assert (state["distillation.memory.normalisers"] > 0).all()
     momentum = ckpt["optimizer_states"][0]["state"]
@@ -334,10 +340,13 @@ def test_crd_memory_is_identical_on_every_ddp_rank_and_equals_one_process(traine
     for step, (m0, m1, mr) in enumerate(zip(r0["memory"], r1["memory"], ref["memory"])):
         for key in ("student", "teacher", "normalisers", "step", "seed"):
             assert torch.equal(m0[key], m1[key]), f"rank 0 and rank 1 differ in {key} before step {step}"
+            # tol: 2 ranks' half batches vs one process's batch after 4 steps: summation order only; measured cross-kernel spread of the same run ≤ 2.4e-6 rel (see tests/test_ddp.py), 1e-4 leaves 40x
             torch.testing.assert_close(m0[key].float(), mr[key].float(), rtol=1e-4, atol=1e-5)
     # The memory holds both ranks' images: after the epoch every row (128 images, 64 per rank) was written.
+    # tol: assert_close's float32 default (rtol 1.3e-6): a unit vector's norm up to float32 rounding
     torch.testing.assert_close(r0["memory"][-1]["student"].norm(dim=1), torch.ones(128))
     for a, b, single in zip(r0["loss"], r1["loss"], ref["loss"]):
+        # tol: 2 ranks' half batches vs one process's batch after 4 steps: summation order only; measured cross-kernel spread of the same run ≤ 2.4e-6 rel (see tests/test_ddp.py), 1e-4 leaves 40x
         torch.testing.assert_close((a + b) / 2, single, rtol=1e-4, atol=1e-5)
 
 
@@ -366,4 +375,5 @@ def test_killed_crd_student_resumes_to_the_uninterrupted_memory(trained_teacher:
     assert int(a["distillation.memory.step"]) == int(b["distillation.memory.step"]) == 12
     assert set(a) == set(b)
     for key, value in a.items():  # memory, normalisers, heads and the network
+        # tol: same kernels, same inputs, same order: equal bits expected; rel 1e-5/atol 1e-7 only absorbs float32 ulps, far below the cross-kernel spread (5e-6 rel) a wrong restore would exceed
         torch.testing.assert_close(b[key].float(), value.float(), rtol=1e-5, atol=1e-6, msg=key)

@@ -1,4 +1,4 @@
-"""DKDLoss and DISTLoss (METHOD.md 5) against naive loops over the papers' formulas, and their students.
+"""DKDLoss and DISTLoss (docs/method.md Â§5) against naive loops over the papers' formulas, and their students.
 
 The naive versions use python floats, math.exp/log and loops over samples and classes: none of the implementation's
 vectorised code. CRD has its own file (tests/test_crd.py).
@@ -57,8 +57,10 @@ def test_dkd_split_and_total_match_the_naive_loop(temperature):
     loss = DKDLoss(alpha=1.5, beta=8.0, temperature=temperature)
     tckd, nckd = loss.decoupled(student, teacher, labels)
     want_t, want_n = naive_dkd(student, teacher, labels, temperature)
+    # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
     assert tckd.item() == pytest.approx(want_t, rel=1e-5, abs=1e-7)
     assert nckd.item() == pytest.approx(want_n, rel=1e-5, abs=1e-7)
+    # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
     assert loss(student, teacher, labels).item() == pytest.approx(1.5 * want_t + 8.0 * want_n, rel=1e-5)
 
 
@@ -71,6 +73,7 @@ def test_dkd_decomposes_kd_per_sample():
         s, t, y = student[i:i + 1], teacher[i:i + 1], labels[i:i + 1]
         tckd, nckd = dkd.decoupled(s, t, y)
         rest_t = 1.0 - softmax(t[0].tolist(), 4.0)[int(y)]
+        # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
         assert kd(s, t).item() == pytest.approx(tckd.item() + rest_t * nckd.item(), rel=1e-5)
 
 
@@ -81,6 +84,7 @@ def test_dkd_stays_exact_for_a_confident_teacher():
     teacher[torch.arange(4), labels] += 30.0
     tckd, nckd = DKDLoss(temperature=1.0).decoupled(student, teacher, labels)
     want_t, want_n = naive_dkd(student, teacher, labels, 1.0)
+    # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
     assert torch.isfinite(tckd) and tckd.item() == pytest.approx(want_t, rel=1e-5)
     assert nckd.item() == pytest.approx(want_n, rel=1e-5)
 
@@ -95,6 +99,7 @@ def test_dkd_gradient_reaches_the_student_only_and_bf16_stays_float32():
     assert loss.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0 and teacher.grad is None
+    # tol: identical inputs give 0 up to float32 rounding of exp/log over the batch
     assert DKDLoss()(teacher.detach(), teacher.detach(), labels).item() == pytest.approx(0.0, abs=1e-5)
 
 
@@ -140,14 +145,17 @@ def test_dist_relations_and_total_match_the_naive_loop(temperature):
     loss = DISTLoss(beta=2.0, gamma=0.5, temperature=temperature)
     inter, intra = loss.relations(student, teacher)
     want_inter, want_intra = naive_dist(student, teacher, temperature)
+    # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
     assert inter.item() == pytest.approx(want_inter, rel=1e-5, abs=1e-6)
     assert intra.item() == pytest.approx(want_intra, rel=1e-5, abs=1e-6)
     want = temperature ** 2 * (2.0 * want_inter + 0.5 * want_intra)
+    # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
     assert loss(student, teacher).item() == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
 def test_dist_is_zero_for_the_teacher_itself_and_only_the_student_gets_gradient():
     student, teacher = logits_pair(seed=2)
+    # tol: identical inputs give 0 up to float32 rounding of exp/log over the batch
     assert DISTLoss(temperature=4.0)(teacher.clone(), teacher).item() == pytest.approx(0.0, abs=1e-5)
     student.requires_grad_(True)
     teacher.requires_grad_(True)

@@ -13,6 +13,7 @@ pytest); they write their results to files that the test reads back.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
@@ -67,44 +68,69 @@ def embed(x, projection):
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    """One rank. It ends by tearing its gloo group down completely before the interpreter exits (see `_teardown`)."""
     out = Path(out_dir)
     try:
         if sys.platform.startswith("linux"):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # stay on loopback: no network needed
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-        x, projection, labels, ids, gate = global_data()
-        rows = local_rows(rank)
-        projection = projection.clone().requires_grad_(True)  # the shared parameter DDP would average
-        z_local = embed(x[rows], projection)
-        z_local.retain_grad()
-
-        z, y, i, w = gather_rows(z_local, labels[rows], ids[rows], gate[rows])
-        loss = IntraClassContrastive(temperature=TAU)(z, y, i, weights=w, memory=make_memory())
-        loss.backward()
-
-        try:
-            gather_rows(torch.zeros(3, D))
-            odd_rows_error = ""
-        except ValueError as err:
-            odd_rows_error = str(err)
-
-        torch.save(
-            {
-                "loss": loss.detach(),
-                "z_gathered": z.detach(),
-                "labels": y,
-                "ids": i,
-                "weights": w,
-                "z_local_grad": z_local.grad,
-                "projection_grad": projection.grad,
-                "odd_rows_error": odd_rows_error,
-            },
-            out / f"rank{rank}.pt",
-        )
-        dist.destroy_process_group()
+        torch.save(_gathered_on_this_rank(rank), out / f"rank{rank}.pt")
     except BaseException:
         (out / f"rank{rank}.err").write_text(traceback.format_exc())
+        _teardown(wait_for_peers=False)  # a failed peer may never reach the barrier
         raise
+    _teardown(wait_for_peers=True)
+
+
+def _gathered_on_this_rank(rank: int) -> dict:
+    """The gathered rows, the global loss and the gradients on this rank (detached: no autograd graph escapes)."""
+    x, projection, labels, ids, gate = global_data()
+    rows = local_rows(rank)
+    projection = projection.clone().requires_grad_(True)  # the shared parameter DDP would average
+    z_local = embed(x[rows], projection)
+    z_local.retain_grad()
+
+    z, y, i, w = gather_rows(z_local, labels[rows], ids[rows], gate[rows])
+    loss = IntraClassContrastive(temperature=TAU)(z, y, i, weights=w, memory=make_memory())
+    loss.backward()
+
+    try:
+        gather_rows(torch.zeros(3, D))
+        odd_rows_error = ""
+    except ValueError as err:
+        odd_rows_error = str(err)
+    return {
+        "loss": loss.detach().clone(),
+        "z_gathered": z.detach().clone(),
+        "labels": y,
+        "ids": i,
+        "weights": w,
+        "z_local_grad": z_local.grad.detach().clone(),
+        "projection_grad": projection.grad.detach().clone(),
+        "odd_rows_error": odd_rows_error,
+    }
+
+
+def _teardown(wait_for_peers: bool) -> None:
+    """Why a rank used to die at exit with `terminate called without an active exception` (about 1 run in 4).
+
+    The autograd all_gather keeps the process group in its graph node, and `retain_grad()` ties the graph into a
+    reference cycle, so `destroy_process_group()` alone only dropped the registry's reference: the ProcessGroupGloo
+    (with its worker threads and the gloo device's event-loop thread) lived on until the cyclic GC, or until
+    interpreter shutdown, where a still-joinable std::thread is destroyed -> std::terminate. And a rank that tore its
+    group down first closed the TCP pairs under a peer still finishing its last collective. So: every rank waits at a
+    barrier (no collective in flight anywhere), the graph is freed (the work was done in a function that returned
+    only detached copies, and gc.collect() breaks the cycle), and then the group is destroyed while Python runs.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if wait_for_peers:
+            dist.barrier()
+    finally:
+        gc.collect()
+        dist.destroy_process_group()
+        gc.collect()
 
 
 def run_workers(tmp_path: Path) -> list[dict]:
@@ -139,19 +165,24 @@ def test_gather_rows_matches_single_process(tmp_path):
 
     for rank, res in enumerate(results):
         # Gathered order: [view 1 of rank 0, view 1 of rank 1; view 2 of rank 0, view 2 of rank 1] = the global batch.
+        # tol: x @ projection on 3 rows vs 6 may run other matmul kernels: ≤ 1 float32 ulp (6e-8) of a unit-norm entry
         torch.testing.assert_close(res["z_gathered"], z.detach(), rtol=0, atol=1e-7)
         assert torch.equal(res["labels"], labels) and torch.equal(res["ids"], ids)
         assert torch.equal(res["weights"], gate)
         # Every rank computes the same global loss.
-        torch.testing.assert_close(res["loss"], loss.detach(), rtol=1e-6, atol=1e-7)
+        # tol: those ulps of z, scaled by 1/τ = 5 inside exp/log, move the loss by a few ulps; rel 1e-5 leaves ~10x
+        torch.testing.assert_close(res["loss"], loss.detach(), rtol=1e-5, atol=1e-7)
         # Its local rows receive W times the single-process gradient (the all_gather backward sums over W ranks).
+        # tol: the backward sums the ranks' contributions in another order than one process: float32 ulps only
         torch.testing.assert_close(res["z_local_grad"] / WORLD, z.grad[local_rows(rank)], rtol=1e-5, atol=1e-7)
         assert "even" in res["odd_rows_error"]
 
     # DDP's mean all-reduce of the parameter gradient recovers the single-process gradient exactly.
     ddp_grad = sum(res["projection_grad"] for res in results) / WORLD
+    # tol: a mean over 2 ranks of partial sums vs one sum: float32 summation order only
     torch.testing.assert_close(ddp_grad, projection.grad, rtol=1e-5, atol=1e-7)
     # Without the factor W (a gather that did not sum gradients across ranks) the check would fail.
+    # tol: a factor 2 is far outside rtol 1e-3 (which is itself far above rounding)
     assert not torch.allclose(ddp_grad / WORLD, projection.grad, rtol=1e-3, atol=1e-6)
 
 

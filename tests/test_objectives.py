@@ -1,4 +1,4 @@
-"""The contrastive objectives against METHOD.md 3.1, written out as naive loops (no call into the implementation).
+"""The contrastive objectives against docs/method.md Â§3.1, written out as naive loops (no call into the implementation).
 
 The reference runs in float64 on per-element torch scalars (so autograd gives a reference gradient too); the
 implementation runs in float32. The memory the reference sees is a plain python model of "the Q most recent entries
@@ -84,7 +84,7 @@ def python_memory_model(emb, labels, ids, q):
 
 
 def naive_anchor_losses(kind, z, labels, ids, memory_entries, tau):
-    """ℓ_i for every anchor by METHOD.md 3.1, with explicit loops; z is a float64 tensor (may require grad)."""
+    """ℓ_i for every anchor by docs/method.md Â§3.1, with explicit loops; z is a float64 tensor (may require grad)."""
     labels, ids = [int(v) for v in labels], [int(v) for v in ids]
     m = z.shape[0]
     n = m // 2
@@ -168,8 +168,10 @@ def test_loss_and_gradient_match_naive_loop(kind, with_memory, weights_name):
     ref.backward()
 
     assert loss.dtype == torch.float32 and loss.dim() == 0
+    # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
     assert torch.isfinite(z_impl.grad).all()
+    # tol: float32 backward vs float64 autograd of the loop; atol for entries near 0, rel 1e-4 still far below a wrong or missing term
     torch.testing.assert_close(z_impl.grad.double(), z_ref.grad, rtol=1e-4, atol=1e-5)
     # The loss must actually depend on the weights: a closed gate removes its anchor.
     if weights is not None:
@@ -188,6 +190,7 @@ def test_every_anchor_loss_matches_naive_loop(kind):
         w = torch.zeros(m)
         w[i] = 1.0
         got = (m * objective(z, labels, ids, weights=w, memory=memory)).item()
+        # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
         assert got == pytest.approx(ref[i].item(), rel=1e-5, abs=1e-6), f"anchor {i}"
 
 
@@ -225,6 +228,7 @@ def test_intra_class_ignores_other_classes():
     objective = IntraClassContrastive(temperature=TAU)
     z2 = z.clone()
     z2[labels != 0] = F.normalize(torch.randn(int((labels != 0).sum()), D), dim=1)
+    # tol: pytest.approx's default rel 1e-6: the same float32 ops on equal numbers (the other class's rows only change masked terms)
     assert objective(z, labels, ids, weights=w).item() == pytest.approx(objective(z2, labels, ids, weights=w).item())
 
 
@@ -232,6 +236,7 @@ def test_self_supervised_ignores_labels():
     z, labels, ids = make_batch()
     objective = SelfSupervisedContrastive(temperature=TAU)
     shuffled = labels[torch.randperm(labels.shape[0])]
+    # tol: the same value summed in another order (shuffled / masked rows): a few float32 ulps; rel 1e-6 leaves ~8
     assert objective(z, labels, ids).item() == pytest.approx(objective(z, shuffled, ids).item(), rel=1e-6)
 
 
@@ -242,6 +247,7 @@ def test_empty_memory_equals_no_memory():
     for cls in OBJECTIVES.values():
         objective = cls(temperature=TAU)
         plain = objective(z, labels, ids).item()
+        # tol: the same value summed in another order (shuffled / masked rows): a few float32 ulps; rel 1e-6 leaves ~8
         assert objective(z, labels, ids, memory=empty).item() == pytest.approx(plain, rel=1e-6)
         assert objective(z, labels, ids, memory=unfilled).item() == pytest.approx(plain, rel=1e-6)
 
@@ -267,6 +273,7 @@ def test_bf16_autocast_computes_similarities_in_float32(kind):
         loss = OBJECTIVES[kind](temperature=TAU)(z_bf16, labels, ids, memory=memory)
     ref = naive_objective(kind, z_bf16.double(), labels, ids, [1.0] * 16, entries, TAU)
     assert loss.dtype == torch.float32
+    # tol: float32 implementation vs a float64 naive loop; rel 1e-5 = ~100 float32 ulps (rounding, any CPU kernel set), far below a formula error
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
 
 
@@ -296,6 +303,7 @@ def test_static_shapes_compile_without_graph_breaks():
     objective = IntraClassContrastive(temperature=TAU)
     w = weight_variants(16)["gate"]
     compiled = torch.compile(objective, backend="eager", fullgraph=True)
+    # tol: torch.compile fuses the same float32 ops into other kernels: rounding only, a few ulps
     assert compiled(z, labels, ids, weights=w, memory=memory).item() == pytest.approx(
         objective(z, labels, ids, weights=w, memory=memory).item(), rel=1e-6
     )

@@ -43,12 +43,21 @@ def test_rows_are_the_tables_of_the_issue():
 def test_row_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown table 'nope'"):
         rows.load_rows("nope")
-    with pytest.raises(FileNotFoundError, match="no rows for table 'margin'"):
+    with pytest.raises(FileNotFoundError, match="no rows for table 'margin'.*table.yaml is missing"):
         rows.load_rows("margin", tmp_path)
     (tmp_path / "margin").mkdir()
     (tmp_path / "margin" / "bad.yaml").write_text("trainer:\n  max_epochs: 3\n")
+    manifest = tmp_path / "margin" / "table.yaml"
+    manifest.write_text("rows: []\n")
+    with pytest.raises(ValueError, match=r"table.yaml: row file\(s\) bad.yaml are not listed"):
+        rows.load_rows("margin", tmp_path)
+    manifest.write_text("rows:\n  - name: bad\n    label: Bad\n")
     with pytest.raises(ValueError, match="may only change model.init_args"):
         rows.load_rows("margin", tmp_path)[0].model_overrides()
+    # The manifest is validated by a schema, not read as comments: a misspelt field is an error naming the file.
+    manifest.write_text("rows:\n  - name: bad\n    lable: Bad\n")
+    with pytest.raises(ValueError, match=r"table.yaml: .*lable"):
+        rows.load_rows("margin", tmp_path)
 
 
 def test_rows_of_the_three_tables_resolve_to_ten_distinct_teachers():
@@ -81,7 +90,7 @@ def test_a_shared_run_is_trained_with_one_canonical_config():
     teachers = {runs.teacher_run(r, args) for args in spellings}
     assert len(teachers) == 1
     (plain,) = teachers
-    config = recipe.effective(r.command("teacher", Path("/x"), 0, plain.args())[4:])["model"]["init_args"]
+    config = recipe.identity(r.command("teacher", Path("/x"), 0, plain.args())[4:], "test")["model"]["init_args"]
     assert config["contrastive_weight"] == 0.0
     assert config["objective"]["class_path"] == "kd_lightning.objectives.NoContrastive"
     assert config["gate_space"] == "prob"
@@ -115,25 +124,37 @@ def test_row_file_and_sweep_arguments_compose_the_same_config(table):
     for row, value in zip(table_rows, values):
         by_file = r.command("teacher", Path("/x"), 0, ["--config", str(row.path)])
         by_sweep = r.command("teacher", Path("/x"), 0, [f"--{name}={value}"])
-        a = recipe.effective(by_file[by_file.index("fit") + 1:])
-        b = recipe.effective(by_sweep[by_sweep.index("fit") + 1:])
+        a = recipe.identity(by_file[by_file.index("fit") + 1:], "test")
+        b = recipe.identity(by_sweep[by_sweep.index("fit") + 1:], "test")
         assert a == b, recipe.differences(a, b)
         assert sweep.row_for_args(table_rows, {name: str(value)}) == row
 
 
 def test_effective_config_sees_what_changes_a_run():
     r = recipe.Recipe(data="synthetic")
-    base = recipe.effective(r.command("teacher", Path("/a"), 0, [])[4:])
-    # Where a run lives and how many devices share its global batch do not change it ...
-    same = recipe.Recipe(data="synthetic", devices="8").command("teacher", Path("/b"), 0, [], resume=True)
-    assert recipe.effective(same[4:]) == base
+    base = recipe.identity(r.command("teacher", Path("/a"), 0, [])[4:], "test")
+    # Where a run lives and whether it resumes do not change it ...
+    same = r.command("teacher", Path("/b"), 0, [], resume=True)
+    assert recipe.identity(same[4:], "test") == base
+    # ... nor more GPUs with SyncBatchNorm (the default) ...
+    gpu = recipe.Recipe(data="synthetic", extra=["--trainer.accelerator=gpu"])
+    gpu1 = recipe.identity(gpu.command("teacher", Path("/a"), 0, [])[4:], "test")
+    gpu8 = recipe.Recipe(data="synthetic", devices="8", extra=["--trainer.accelerator=gpu"])
+    assert recipe.identity(gpu8.command("teacher", Path("/b"), 0, [])[4:], "test") == gpu1
+    # ... but 8 processes that each normalize over their own 1/8 of the batch do: without SyncBatchNorm, and on the
+    # CPU (torch has no SyncBatchNorm there).
+    unsynced = gpu8.command("teacher", Path("/b"), 0, ["--trainer.sync_batchnorm=false"])
+    assert recipe.differences(recipe.identity(unsynced[4:], "test"), gpu1) == [
+        "trainer.batchnorm_world_size: None -> 8"]
+    cpu8 = recipe.Recipe(data="synthetic", devices="8").command("teacher", Path("/b"), 0, [])
+    assert recipe.differences(recipe.identity(cpu8[4:], "test"), base) == ["trainer.batchnorm_world_size: None -> 8"]
     # The proxy is the demo's recipe (issue 10): 20 classes x 4 features, 3,000 train images, resnet20, 20 epochs.
     assert base["trainer"]["max_epochs"] == 20 and base["model"]["init_args"]["backbone"] == "resnet20"
     assert base["data"]["init_args"]["train_size"] == 3000 and base["data"]["init_args"]["num_classes"] == 20
     # ... epochs, backbones and seeds do.
     other = recipe.Recipe(data="synthetic", epochs=9, pair=("resnet32", "resnet8"))
     other = other.command("teacher", Path("/a"), 1, [])
-    diff = recipe.differences(recipe.effective(other[4:]), base)
+    diff = recipe.differences(recipe.identity(other[4:], "test"), base)
     assert sorted(d.split(":")[0] for d in diff) == ["model.init_args.backbone", "seed_everything",
                                                       "trainer.max_epochs"]
 
@@ -222,7 +243,7 @@ def md_row(md: str, label: str, section: int = 0) -> list[str]:
 
 
 def naive_interval(diffs: list[float], t: float) -> tuple[float, float, float]:
-    """mean, low, high of the 95% Student-t interval, from its definition (METHOD.md 9)."""
+    """mean, low, high of the 95% Student-t interval, from its definition (docs/method.md Â§9)."""
     n = len(diffs)
     mean = sum(diffs) / n
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
@@ -268,9 +289,11 @@ def test_builder_on_hand_made_results(hand_made_runs, tmp_path):
     # Paired differences to the plain CE row (section 1 of the row's lines), seed by seed, t(0.975, 2) = 4.3027.
     diff = md_row(md, "δ = 0.1", 1)
     mean, low, high = naive_interval([70 - 69, 73 - 71, 76 - 72], 4.30265)  # student acc (last), points
-    assert diff[1] == f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" == "+2.33 [-1.46, +6.13]"  # 0 inside: no mark
+    assert diff[1].startswith(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] · detects ±")  # 0 inside: no mark
+    assert diff[1].startswith("+2.33 [-1.46, +6.13] · ")
     mean, low, high = naive_interval([0.25 - 0.20, 0.25 - 0.21, 0.25 - 0.22], 4.30265)  # teacher R
-    assert diff[4] == f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] *" == "+0.0400 [+0.0152, +0.0648] *"  # excludes 0
+    assert diff[4].startswith(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] * · ")  # excludes 0
+    assert diff[4].startswith("+0.0400 [+0.0152, +0.0648] * · ")
     assert diff[-1] == "3"
     paper = md_row(md, "δ = 0.5 (paper default)", 1)
     assert paper[1] == f"{60 - 69:+.2f} (1 seed: no interval)"  # seed 0 only: never a bare number
@@ -334,33 +357,54 @@ def test_a_finished_run_with_other_settings_is_an_error_not_a_result(tmp_path, c
     job = runs.Job("synthetic", "paper", 0, "teacher")
     command = recipe.Recipe(data="synthetic", epochs=3).command("teacher", job.dir(out), 0, [])
     (job.dir(out) / "recipe.json").write_text(json.dumps(
-        {"command": command, "config": recipe.effective(command[command.index("fit") + 1:])}))
+        {"command": command, "identity": recipe.identity(command[command.index("fit") + 1:], "test"),
+         "identity_version": runner.IDENTITY_VERSION}))
     with pytest.raises(runner.StaleRunError, match=r"trained with other settings.*trainer.max_epochs: 3 -> 20"):
         runner.run_job(job, recipe.Recipe(data="synthetic"), out)  # asks for the proxy's 20 epochs
     assert runner.run_job(job, recipe.Recipe(data="synthetic", epochs=3), out) == "complete"
     assert "complete, not re-run" in capsys.readouterr().out
 
 
-def test_one_process_trains_a_run_at_a_time(tmp_path):
+def test_one_process_trains_a_run_at_a_time(tmp_path, capsys):
     out = tmp_path / "runs"
     job = runs.Job("synthetic", "paper", 0, "teacher")
     run_dir = job.dir(out)
     run_dir.mkdir(parents=True)
-    (run_dir / "run.lock").write_text(f"{runner.socket.gethostname()} {os.getpid()}")  # a live owner: this test
-    with pytest.raises(ValueError, match=f"is being trained by process {os.getpid()}"):
-        runner.run_job(job, recipe.Recipe(data="synthetic"), out)
-    assert not (run_dir / "results.json").exists()
-    # A lock left by a killed process is taken over, and released afterwards.
-    dead = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    (run_dir / "run.lock").write_text(f"{runner.socket.gethostname()} {dead}")
-    with runner.run_lock(run_dir):
-        assert (run_dir / "run.lock").read_text().endswith(f" {os.getpid()}")
-    assert not (run_dir / "run.lock").exists()
+    # Another process holds the run's OS lock: run_job(wait=False) says who and answers BUSY, without training.
+    holder = subprocess.Popen([PY, "-c", "import sys, time\nfrom kd_lightning.ablations import runner\n"
+                               "from pathlib import Path\nwith runner.run_lock(Path(sys.argv[1])):\n"
+                               "    print('locked', flush=True); time.sleep(60)", str(run_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert runner.run_job(job, recipe.Recipe(data="synthetic"), out, wait=False) == runner.BUSY
+        assert f"being trained by process {holder.pid} on {runner.socket.gethostname()}" in capsys.readouterr().out
+        assert not (run_dir / "results.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The OS released the killed holder's lock: nothing to delete by hand. The owner file is informational only.
+    with runner.run_lock(run_dir, wait=False):
+        assert (run_dir / runner.OWNER_FILE).read_text().split() == [runner.socket.gethostname(), str(os.getpid())]
+    assert not (run_dir / runner.OWNER_FILE).exists()
 
 
 # --- real tiny tables through make: Table B after Table A, then interrupted (by hand-made states) and resumed -------
 TINY = ("--data.num_classes=4 --data.train_size=64 --data.val_size=32 --data.test_size=32 --data.batch_size=32 "
         "--data.eval_batch_size=32 --model.backbone=resnet8 --trainer.logger=false")
+
+
+def copy_rows(table_name: str, names: tuple[str, ...], ablations: Path) -> Path:
+    """A copy of some rows of a table (their files and their manifest entries) under `ablations`."""
+    folder = ablations / table_name
+    folder.mkdir(parents=True)
+    labels = {r.name: r.label for r in rows.load_rows(table_name)}
+    lines = ["rows:"]
+    for name in names:
+        shutil.copy(rows.rows_dir(table_name) / f"{name}.yaml", folder)
+        lines += [f"  - name: {name}", f"    label: {json.dumps(labels[name], ensure_ascii=False)}"]
+    (folder / rows.MANIFEST).write_text("\n".join(lines) + "\n")
+    return folder
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -377,9 +421,7 @@ def tiny_tables(tmp_path_factory):
     ablations = base / "ablations"
     for table_name, names in (("margin", ("delta_0.5", "plain_ce")),
                               ("contrastive", ("intra_class", "inter_class", "plain_ce"))):
-        (ablations / table_name).mkdir(parents=True)
-        for name in names:
-            shutil.copy(rows.rows_dir(table_name) / f"{name}.yaml", ablations / table_name)
+        copy_rows(table_name, names, ablations)
     variables = [f"RUNS={base / 'runs'}", f"RESULTS={base / 'results'}", f"ABLATIONS={ablations}", "EPOCHS=1",
                  f"ARGS={TINY}", f"PY={PY}", "JOBS=2"]
     first = make("table-margin", *variables)
@@ -465,7 +507,7 @@ def test_table_d_crosses_the_two_teachers_with_every_student_method():
     assert list(full_dkd.args) == ["--config", "configs/student/dkd.yaml"]  # 240 epochs: DKD's own 20-epoch ramp
     # The student's config: the recipe's student, then the method's overlay (it wins).
     command = proxy.command("student", dkd.dir("/r"), 0, list(dkd.args), teacher_checkpoint=Path("/t.ckpt"))
-    init = recipe.effective(command[command.index("fit") + 1:])["model"]["init_args"]
+    init = recipe.identity(command[command.index("fit") + 1:], "test")["model"]["init_args"]
     assert init["distillation"]["class_path"] == "kd_lightning.distillation.DKDLoss"
     assert init["distillation_warmup_epochs"] == 2 and init["ce_weight"] == 1.0 and init["backbone"] == "resnet8"
 
@@ -486,8 +528,8 @@ def test_table_d_pairs_each_method_with_its_own_plain_ce_teacher_row(tmp_path):
     md = paths[0].read_text()
     assert "## Paired differences to the same student method's plain CE teacher row" in md
     mean, low, high = naive_interval([2, 4, 1], 4.30265)  # KD: paper's teacher - CE teacher, points
-    assert md_row(md, "KD ← paper's teacher", 1)[1] == f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
-    assert md_row(md, "DKD ← paper's teacher", 1)[1] == "-1.00 [-1.00, -1.00] *"  # -1 on every seed: sd 0
+    assert md_row(md, "KD ← paper's teacher", 1)[1].startswith(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] · ")
+    assert md_row(md, "DKD ← paper's teacher", 1)[1].startswith("-1.00 [-1.00, -1.00] * · ")  # -1 every seed: sd 0
     assert md_row(md, "DKD ← plain CE teacher", 1)[1] == "baseline"
     assert md_row(md, "CRD ← paper's teacher")[3] == "missing"  # not trained here
     assert any("student-crd: missing" in p for p in problems)

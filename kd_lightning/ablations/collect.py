@@ -99,7 +99,7 @@ class RowResult:
     missing: list[str] = field(default_factory=list)  # the keys of its runs that do not exist yet
     shared_with: list[str] = field(default_factory=list)  # "Table B: intra-class (paper)", ...
     baseline: bool = False  # the reference row of its table (or, in Table D, of its student method)
-    base: Optional["RowResult"] = None  # the row it is paired with (METHOD.md 9); None for a baseline
+    base: Optional["RowResult"] = None  # the row it is paired with (docs/method.md §9); None for a baseline
     label: str = ""  # the row's name in the table (the row file's label, with its teacher in Table D)
 
     def difference(self, base: "RowResult", stage: str, section: str, key: str) -> PairedDifference:
@@ -124,7 +124,7 @@ def _row_name(table: str, space: str, row: Row) -> str:
 
 
 def _pair_with_baseline(rows: list[RowResult]) -> None:
-    """Every row of `rows` but their baseline is paired with it (METHOD.md 9)."""
+    """Every row of `rows` but their baseline is paired with it (docs/method.md §9)."""
     base = next((r for r in rows if r.baseline), None)
     for r in rows:
         r.base = None if r is base else base

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Optional
 
 from kd_lightning.ablations.rows import ROOT
+from kd_lightning.exceptions import UserFileError, UserValueError
 
 DATASETS = ("synthetic", "cifar100", "tiny_imagenet")
 PROXY = ROOT / "configs" / "demo"
-#: The pair each real data set runs when PAIR is not given (METHOD.md 6's headline pair for CIFAR-100).
+#: The pair each real data set runs when PAIR is not given (docs/method.md Â§6's headline pair for CIFAR-100).
 DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "resnet8x4"), "tiny_imagenet": ("resnet18", "mobilenetv2")}
 
 
@@ -42,7 +43,7 @@ def parse_pair(pair: Optional[str]) -> Optional[tuple[str, str]]:
         return None
     parts = [p.strip() for p in pair.split("->")]
     if len(parts) != 2 or not all(parts):
-        raise ValueError(f"PAIR must be TEACHER->STUDENT, e.g. resnet32x4->resnet8x4; got {pair!r}")
+        raise UserValueError(f"PAIR must be TEACHER->STUDENT, e.g. resnet32x4->resnet8x4; got {pair!r}")
     return parts[0], parts[1]
 
 
@@ -59,9 +60,9 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.data not in DATASETS:
-            raise ValueError(f"DATA must be one of {', '.join(DATASETS)}; got {self.data!r}")
+            raise UserValueError(f"DATA must be one of {', '.join(DATASETS)}; got {self.data!r}")
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"EPOCHS must be >= 1, got {self.epochs}")
+            raise UserValueError(f"EPOCHS must be >= 1, got {self.epochs}")
 
     @property
     def proxy(self) -> bool:
@@ -80,7 +81,7 @@ class Recipe:
             files += [ROOT / "configs" / "data" / f"{self.data}.yaml", self._stage_config(stage)]
         for path in files:
             if not path.is_file():
-                raise FileNotFoundError(f"config {path} is missing; restore it from git")
+                raise UserFileError(f"config {path} is missing; restore it from git")
         return files
 
     def _stage_config(self, stage: str) -> Path:
@@ -88,7 +89,7 @@ class Recipe:
         path = ROOT / "configs" / stage / f"{name}.yaml"
         if not path.is_file():
             have = sorted(p.stem for p in (ROOT / "configs" / stage).glob("*.yaml") if p.stem not in ("alone", "rkd"))
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"no {stage} config for backbone {name!r} ({path}); PAIR takes {stage}s from: {', '.join(have)}"
             )
         return path
@@ -123,68 +124,10 @@ class Recipe:
         return args + list(row_args)
 
 
-# --- what a run was trained with, for the check that a finished run still matches its table ------------------------
-#: Arguments that do not change what a run computes (where it lives, how many devices share the same global batch).
-VOLATILE = ("--trainer.devices", "--trainer.strategy", "--ckpt_path", "--trainer.default_root_dir",
-            "--model.teacher_checkpoint", "--print_config")
-_CLASS_GROUPS = ("model", "data")
+# --- what a run computes: its config as the CLI's own parser resolves it (identity.py) ---------------------------
+from kd_lightning.ablations.identity import differences, identity, resolve  # noqa: E402,F401  (re-exported)
 
 
-def _merge(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        elif isinstance(value, str) and isinstance(base.get(key), dict) and "class_path" in base[key]:
-            base[key]["class_path"] = value  # `--model.objective=X`: jsonargparse swaps the class, keeps init_args
-        else:
-            base[key] = value
-    return base
-
-
-def _set_dotted(config: dict, key: str, value) -> None:
-    parts = key.split(".")
-    # jsonargparse's shorthand: --model.backbone means --model.init_args.backbone.
-    if len(parts) > 1 and parts[0] in _CLASS_GROUPS and parts[1] not in ("class_path", "init_args"):
-        parts.insert(1, "init_args")
-    update: dict = {}
-    node = update
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    _merge(config, update)
-
-
-def effective(args: list[str]) -> dict:
-    """The config that `args` (the arguments of `kd-lightning fit`) asks for, merged the way jsonargparse merges it
-    (later configs and `--dotted.key=value` override earlier ones), without the VOLATILE arguments. Two commands that
-    ask for the same run give the same dict, whichever way they say it (a row file or a sweep's dotted keys)."""
-    import yaml
-
-    config: dict = {}
-    i = 0
-    while i < len(args):
-        name, has_value, value = args[i].partition("=")
-        if not has_value and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value, i = args[i + 1], i + 1  # `--config FILE`
-        i += 1
-        if not name.startswith("--") or name in VOLATILE:
-            continue  # the program and subcommand (python -m kd_lightning fit), or a VOLATILE argument
-        if name == "--config":
-            path = Path(value) if Path(value).is_absolute() else ROOT / value
-            _merge(config, yaml.safe_load(path.read_text()) or {})
-        else:
-            _set_dotted(config, name[2:], yaml.safe_load(value) if value != "" else None)
-    return config
-
-
-def differences(expected: dict, found: dict, prefix: str = "") -> list[str]:
-    """`key: found -> expected` for every leaf that differs."""
-    out = []
-    for key in sorted(set(expected) | set(found)):
-        a, b = expected.get(key), found.get(key)
-        path = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, path + ".")
-        elif a != b:
-            out.append(f"{path}: {b!r} -> {a!r}")
-    return out
+def fit_args(command: list[str]) -> list[str]:
+    """The arguments after `fit` of a command from Recipe.command()."""
+    return command[command.index("fit") + 1:]

@@ -1,7 +1,9 @@
 """The rows of the ablation tables: the one place they are defined.
 
 A row is one YAML overlay, `configs/ablations/<table>/<row>.yaml`, put on top of the teacher config (so it says only
-what the row changes). Two comment lines at its top name it in the tables: `# label: δ = 0.1` and `# order: 1`.
+what the row changes). The table's manifest, `configs/ablations/<table>/table.yaml`, lists the rows in table order
+with their labels (and a student method's overlay file and proxy arguments); jsonargparse validates it against
+Manifest below, so a misspelt field is an error, not a silently ignored comment.
 The runner (`python -m kd_lightning.ablations run`), the W&B sweeps (sweep.py) and the table builder (table.py) all
 read the rows from here; runs.py says which run a row resolves to (rows of several tables may share one).
 
@@ -11,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from kd_lightning.exceptions import RowError, UserFileError, UserValueError
 
 def _repository_root() -> Path:
     """Where configs/ lives: $KD_LIGHTNING_ROOT, else the checkout holding this package (an editable install), else
@@ -40,7 +43,31 @@ STAGES = ("teacher", "student")
 MARGIN_SPACES = ("prob", "logit")
 RESULTS_FILE = "results.json"
 
-_HEADER = re.compile(r"^#\s*(label|order|overlay|proxy)\s*:\s*(.*?)\s*$")
+MANIFEST = "table.yaml"
+
+
+@dataclass
+class RowSpec:
+    """One entry of a table's manifest (configs/ablations/<table>/table.yaml), in table order.
+
+    name:    the row's file, `<name>.yaml` next to the manifest (a config overlay on the stage's config)
+    label:   how the tables show the row
+    overlay: a config file the row applies before its own file (one source of truth for a method's setting)
+    proxy:   `kd-lightning fit` arguments added on the synthetic proxy only (e.g. an epoch count scaled from 240 to
+             the proxy's 20 epochs, as its lr milestones are)
+    """
+
+    name: str
+    label: str
+    overlay: Optional[str] = None
+    proxy: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    """A table's manifest: its rows, in table order."""
+
+    rows: list[RowSpec]
 
 
 @dataclass(frozen=True)
@@ -52,10 +79,9 @@ class Row:
     path: Path
     label: str
     order: int
+    #: The row file's own settings, as written (for the sweep files' values); what a run computes comes from the CLI's
+    #: parser (identity.py), never from this dict.
     overlay: dict = field(compare=False, repr=False)
-    #: `# overlay: configs/student/dkd.yaml`: a config file the row applies before its own lines (one source of truth
-    #: for a method's setting); `# proxy: --model.x=1 ...`: arguments added on the synthetic proxy only (e.g. an
-    #: epoch count scaled from 240 to the proxy's 20 epochs, as its lr milestones are).
     overlay_file: Optional[str] = None
     proxy_args: tuple[str, ...] = ()
 
@@ -68,14 +94,14 @@ class Row:
         return args + (list(self.proxy_args) if proxy else [])
 
     def model_overrides(self) -> dict[str, Any]:
-        """The row's changes to `model.init_args`, one entry per key; a nested `{class_path: X}` becomes X.
+        """The row's changes to `model.init_args` as its file writes them; a nested `{class_path: X}` becomes X.
 
         e.g. {"gate_delta": 0.1} or {"objective": "kd_lightning.objectives.InterClassContrastive"}.
         """
         model = self.overlay.get("model") or {}
         extra = set(self.overlay) - {"model"} or set(model) - {"init_args"}
         if extra:
-            raise ValueError(
+            raise RowError(
                 f"{self.path}: a row may only change model.init_args (found {sorted(extra)}); put other settings in "
                 "the proxy or data configs"
             )
@@ -91,43 +117,69 @@ def rows_dir(table: str, root: Path | str = ABLATIONS) -> Path:
     return Path(root) / table
 
 
-def load_rows(table: str, root: Path | str = ABLATIONS) -> list[Row]:
-    """The rows of `table`, in table order (`# order:` then file name)."""
-    import yaml  # only here: `rows.py stale` runs without PyYAML
+def read_manifest(path: Path) -> Manifest:
+    """The manifest at `path`, validated by jsonargparse against Manifest (unknown keys and wrong types are errors)."""
+    from jsonargparse import ArgumentParser
 
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--rows", type=list[RowSpec], required=True)
+    try:
+        ns = parser.parse_path(str(path))
+    except Exception as err:  # jsonargparse reports schema errors as ArgumentError, a bad YAML file as others
+        from kd_lightning.ablations.identity import _summary
+
+        raise RowError(f"{path}: {_summary(str(err))}; each row is `- name: <file stem>` with a `label:` "
+                       "(and optionally `overlay:` and `proxy:`)") from None
+    return Manifest([RowSpec(**vars(spec)) if not isinstance(spec, RowSpec) else spec for spec in ns.rows])
+
+
+def _read_row_file(path: Path) -> dict:
+    from jsonargparse import get_loader  # jsonargparse's YAML reading (YAML 1.2 floats: 5e-2 is 0.05)
+
+    try:
+        overlay = get_loader("yaml")(path.read_text()) or {}
+    except Exception as err:
+        raise RowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(overlay, dict):
+        raise RowError(f"{path}: a row must be a YAML mapping (a config overlay), got {type(overlay).__name__}")
+    return overlay
+
+
+def load_rows(table: str, root: Path | str = ABLATIONS) -> list[Row]:
+    """The rows of `table`, in the order of its manifest (table.yaml)."""
     if table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; the tables are {', '.join(TABLES)}")
+        raise UserValueError(f"unknown table {table!r}; the tables are {', '.join(TABLES)}")
     folder = rows_dir(table, root)
-    files = sorted(folder.glob("*.yaml"))
-    if not files:
-        raise FileNotFoundError(f"no rows for table {table!r}: {folder} has no *.yaml files")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise UserFileError(f"no rows for table {table!r}: {manifest_path} is missing (it lists the rows: "
+                            "`rows: [{name: <file stem>, label: <text>}, ...]`)")
+    specs = read_manifest(manifest_path).rows
+    files = {p.stem for p in folder.glob("*.yaml") if p.name != MANIFEST}
+    named = [spec.name for spec in specs]
+    unlisted = sorted(files - set(named))
+    if unlisted:
+        raise RowError(f"{manifest_path}: row file(s) {', '.join(f'{n}.yaml' for n in unlisted)} are not listed; add "
+                       "`- name: <stem>` and `label: ...` entries for them (or delete the files)")
+    dupes = sorted({n for n in named if named.count(n) > 1})
+    if dupes:
+        raise RowError(f"{manifest_path}: rows listed twice: {', '.join(dupes)}")
     rows = []
-    for path in files:
-        text = path.read_text()
-        meta = {}
-        for line in text.splitlines():
-            match = _HEADER.match(line)
-            if match:
-                meta[match.group(1)] = match.group(2)
-        overlay = yaml.safe_load(text) or {}
-        if not isinstance(overlay, dict):
-            raise ValueError(f"{path}: a row must be a YAML mapping (a config overlay), got {type(overlay).__name__}")
-        try:
-            order = int(meta.get("order", 1000))
-        except ValueError:
-            raise ValueError(f"{path}: '# order:' must be an integer, got {meta['order']!r}") from None
-        overlay_file = meta.get("overlay")
-        if overlay_file and not (ROOT / overlay_file).is_file():
-            raise FileNotFoundError(f"{path}: '# overlay: {overlay_file}' names no file under {ROOT}")
-        rows.append(Row(table, path.stem, path, meta.get("label", path.stem), order, overlay, overlay_file,
-                        tuple(meta.get("proxy", "").split())))
-    return sorted(rows, key=lambda row: (row.order, row.name))
+    for order, spec in enumerate(specs, start=1):
+        path = folder / f"{spec.name}.yaml"
+        if not path.is_file():
+            raise RowError(f"{manifest_path}: row {spec.name!r} has no file {path}")
+        if spec.overlay and not (ROOT / spec.overlay).is_file():
+            raise RowError(f"{manifest_path}: row {spec.name!r}: overlay {spec.overlay} names no file under {ROOT}")
+        rows.append(Row(table, spec.name, path, spec.label, order, _read_row_file(path), spec.overlay,
+                        tuple(spec.proxy)))
+    return rows
 
 
 def table_id(table: str, margin_space: str = "prob") -> str:
     """The folder name of a table's runs and results: Table A in logit space is its own table."""
     if margin_space not in MARGIN_SPACES:
-        raise ValueError(f"margin space must be one of {MARGIN_SPACES}, got {margin_space!r} (MARGIN_SPACE=prob|logit)")
+        raise UserValueError(f"margin space must be one of {MARGIN_SPACES}, got {margin_space!r} (MARGIN_SPACE=prob|logit)")
     return f"{table}-logit" if table == "margin" and margin_space == "logit" else table
 
 
@@ -136,7 +188,7 @@ def parse_table_id(tid: str) -> tuple[str, str]:
     if tid == "margin-logit":
         return "margin", "logit"
     if tid not in TABLES:
-        raise ValueError(f"unknown table id {tid!r}; expected one of {TABLES + ('margin-logit',)}")
+        raise UserValueError(f"unknown table id {tid!r}; expected one of {TABLES + ('margin-logit',)}")
     return tid, "prob"
 
 

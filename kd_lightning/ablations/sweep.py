@@ -38,8 +38,10 @@ from kd_lightning.ablations.rows import (
     ABLATIONS, RESULTS_FILE, ROOT, STUDENT_TABLES, TABLES, Row, load_rows, read_results, run_state,
 )
 from kd_lightning.ablations.runs import (
-    PAPER, PLAIN_CE, Job, StudentVariant, student_job, student_table_teachers, teacher_job, teacher_run,
+    PAPER, PLAIN_CE, Job, StudentVariant, student_job, student_table_teachers, teacher_config, teacher_job, teacher_run,
 )
+from kd_lightning.errors import report_user_errors
+from kd_lightning.exceptions import UserValueError
 
 SWEEPS = ROOT / "configs" / "sweeps"
 PROGRAM = "kd_lightning/ablations/__main__.py"
@@ -72,21 +74,23 @@ def sweep_parameter(rows: list[Row]) -> tuple[str, list[Any]]:
         name = "model.init_args"
         values = [yaml.safe_dump(o, default_flow_style=True, width=10**6, sort_keys=True).strip() for o in overrides]
     if len({json.dumps(v) for v in values}) != len(values):
-        raise ValueError(f"two rows of table {rows[0].table!r} give the same {name}: {values}")
+        raise UserValueError(f"two rows of table {rows[0].table!r} give the same {name}: {values}")
     return name, values
 
 
-def row_for_args(rows: list[Row], swept: dict[str, str]) -> Optional[Row]:
-    """The row whose sweep value the agent passed, or None for a value that is no row of the table."""
-    import yaml
-
-    name, values = sweep_parameter(rows)
+def row_for_args(rows: list[Row], swept: dict[str, str], recipe: Optional[Recipe] = None,
+                 margin_space: str = "prob") -> Optional[Row]:
+    """The row whose sweep value the agent passed, or None for a value that is no row of the table. Values are
+    compared as the CLI's parser resolves them (W&B's backend may send 0.0 back as 0, an agent writes 1e-05 for
+    0.00001): the row whose resolved teacher config equals the agent's."""
+    name, _ = sweep_parameter(rows)
     if name not in swept:
         return None
-    # Compare values, not spellings: W&B's backend may send 0.0 back as 0.
-    given = yaml.safe_load(swept[name])
-    for row, value in zip(rows, values):
-        if (yaml.safe_load(value) if isinstance(value, str) else value) == given:
+    recipe = recipe or Recipe()
+    extra = [f"--model.gate_space={margin_space}"] if margin_space != "prob" else []
+    given = teacher_config(recipe, extra + [f"--{name}={swept[name]}"], f"sweep argument --{name}={swept[name]}")
+    for row in rows:
+        if teacher_config(recipe, extra + row.config_args(recipe.proxy), str(row.path)) == given:
             return row
     return None
 
@@ -150,7 +154,7 @@ def parse_swept(extra: list[str]) -> dict[str, str]:
     for arg in extra:
         match = re.fullmatch(r"--([A-Za-z_][\w.]*)=(.*)", arg, flags=re.S)
         if not match:
-            raise ValueError(f"sweep arguments must look like --dotted.key=value, got {arg!r}")
+            raise UserValueError(f"sweep arguments must look like --dotted.key=value, got {arg!r}")
         swept[match.group(1)] = match.group(2)
     return swept
 
@@ -230,7 +234,7 @@ def student_table_jobs(recipe: Recipe, rows: list[Row], swept: dict[str, str], s
     teachers = {run.name: run for _, run in student_table_teachers(recipe)}
     by_name = {row.name: row for row in rows}
     if swept.get("teacher") not in teachers or swept.get("student") not in by_name:
-        raise ValueError(f"Table D's sweep passes --teacher={'|'.join(teachers)} and --student="
+        raise UserValueError(f"Table D's sweep passes --teacher={'|'.join(teachers)} and --student="
                          f"{'|'.join(by_name)}; got {swept}")
     row, teacher = by_name[swept["student"]], teachers[swept["teacher"]]
     variant = StudentVariant.from_row(row, recipe.proxy)
@@ -250,7 +254,7 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
 
 def recipe_of(ns: argparse.Namespace) -> Recipe:
     if ns.epochs and not str(ns.epochs).isdigit():
-        raise ValueError(f"EPOCHS must be a whole number, got {ns.epochs!r}")
+        raise UserValueError(f"EPOCHS must be a whole number, got {ns.epochs!r}")
     return Recipe(data=ns.data, pair=parse_pair(ns.pair), epochs=int(ns.epochs) if ns.epochs else None,
                   devices=ns.devices or None, extra=shlex.split(ns.args or ""))
 
@@ -270,35 +274,39 @@ def main(argv: Optional[list[str]] = None) -> int:
     add_recipe_options(parser)
     ns, extra = parser.parse_known_args(argv)
     try:
-        if ns.write:
-            fixed = [f"--{name}={getattr(ns, name)}" for name in ("pair", "epochs", "devices", "args")
-                     if getattr(ns, name)]
-            fixed += [f"--margin_space={ns.margin_space}"] if ns.margin_space != "prob" else []
-            for path in write_sweeps(ns.seeds, Path(ns.out), ns.data, fixed, Path(ns.ablations)):
-                print(f"wrote {path}")
-            return 0
-        if not ns.table:
-            parser.error("--table is required (or --write)")
-        swept = parse_swept(extra)
-        rows = load_rows(ns.table, Path(ns.ablations))
-        recipe = recipe_of(ns)
-        if ns.table in STUDENT_TABLES:
-            row, jobs = student_table_jobs(recipe, rows, swept, ns.seed_everything)
-        else:
-            row = row_for_args(rows, swept)
-            teacher = teacher_run(recipe, extra, ns.margin_space)
-            jobs = [teacher_job(ns.data, teacher, ns.seed_everything),
-                    student_job(ns.data, teacher, ns.seed_everything)]
-        runs = Path(ns.runs).resolve()
-        if ns.print_config:
-            return print_configs(recipe, jobs, runs, ns.print_config)
-        config = {"row": row.name if row else None, "row_label": row.label if row else None, "table": ns.table,
-                  "margin_space": ns.margin_space, "run": jobs[0].teacher, "data": ns.data,
-                  **{f"row.{k}": v for k, v in (row.model_overrides() if row else {}).items()}}
-        return agent_run(recipe, jobs, runs, config)
-    except (ValueError, FileNotFoundError) as err:
-        sys.stderr.write(f"sweep: error: {err}\n")
-        return 2
+        with report_user_errors("sweep", code=2):
+            return _main(parser, ns, extra)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+def _main(parser: argparse.ArgumentParser, ns: argparse.Namespace, extra: list[str]) -> int:
+    if ns.write:
+        fixed = [f"--{name}={getattr(ns, name)}" for name in ("pair", "epochs", "devices", "args")
+                 if getattr(ns, name)]
+        fixed += [f"--margin_space={ns.margin_space}"] if ns.margin_space != "prob" else []
+        for path in write_sweeps(ns.seeds, Path(ns.out), ns.data, fixed, Path(ns.ablations)):
+            print(f"wrote {path}")
+        return 0
+    if not ns.table:
+        parser.error("--table is required (or --write)")
+    swept = parse_swept(extra)
+    rows = load_rows(ns.table, Path(ns.ablations))
+    recipe = recipe_of(ns)
+    if ns.table in STUDENT_TABLES:
+        row, jobs = student_table_jobs(recipe, rows, swept, ns.seed_everything)
+    else:
+        row = row_for_args(rows, swept, recipe, ns.margin_space)
+        teacher = teacher_run(recipe, extra, ns.margin_space, source=f"sweep arguments {' '.join(extra)}")
+        jobs = [teacher_job(ns.data, teacher, ns.seed_everything),
+                student_job(ns.data, teacher, ns.seed_everything)]
+    runs = Path(ns.runs).resolve()
+    if ns.print_config:
+        return print_configs(recipe, jobs, runs, ns.print_config)
+    config = {"row": row.name if row else None, "row_label": row.label if row else None, "table": ns.table,
+              "margin_space": ns.margin_space, "run": jobs[0].teacher, "data": ns.data,
+              **{f"row.{k}": v for k, v in (row.model_overrides() if row else {}).items()}}
+    return agent_run(recipe, jobs, runs, config)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kd_lightning.exceptions import UserValueError
+
 AGENT_ENV = "/usr/bin/env"
 AGENT_INTERPRETER = "python"
 
@@ -22,7 +24,7 @@ AGENT_INTERPRETER = "python"
 def grid(config: dict) -> tuple[str, list[dict[str, Any]]]:
     """(engine used, one {parameter: value} per agent run) for a `method: grid` sweep."""
     if config.get("method") != "grid":
-        raise ValueError(f"only grid sweeps expand to a fixed list of runs; got method {config.get('method')!r}")
+        raise UserValueError(f"only grid sweeps expand to a fixed list of runs; got method {config.get('method')!r}")
     try:
         import sweeps  # W&B's sweep engine, the one the local controller uses
     except ImportError:
@@ -45,7 +47,7 @@ def grid(config: dict) -> tuple[str, list[dict[str, Any]]]:
             names.append(name)
             choices.append([spec["value"]])
         else:
-            raise ValueError(f"grid parameter {name!r} needs `values` or `value`, got {spec}")
+            raise UserValueError(f"grid parameter {name!r} needs `values` or `value`, got {spec}")
     return "Cartesian product", [dict(zip(names, combo)) for combo in itertools.product(*choices)]
 
 

@@ -1,14 +1,14 @@
 """Build an ablation table from the results.json of its runs: results/<table id>.md, .csv and .png.
 
     python -m kd_lightning.ablations build margin --data synthetic --seeds 0 1 2 3 4
-    python -m kd_lightning.ablations build margin-logit --data cifar100 --seeds 0 1 2 --runs runs --out results
+    python -m kd_lightning.ablations build margin --margin_space logit --data cifar100 --seeds 0 1 2 --out results
 
 Rows come from configs/ablations/<table>/ (rows.py); each resolves to a teacher run (runs.py), shared with the rows
 of other tables that ask for the same training. Per row: teacher and student test accuracy and loss of the
 last-epoch and best-epoch weights (best = highest val/acc), the final epoch's train loss and its parts, the open-gate
 fraction, the teacher's embedding geometry and soft labels, the student's single-/multi-view accuracy (synthetic),
 and the paired difference to the table's plain cross-entropy teacher row with its 95% interval over the seeds
-(METHOD.md 9). A run that is not complete is never a number: its cells say missing, failed, interrupted or running.
+(docs/method.md §9). A run that is not complete is never a number: its cells say missing, failed, interrupted or running.
 Exit status 1 when a run is not complete or the runs disagree with the asked-for settings (the files are written).
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,10 @@ from typing import Any, Optional
 from kd_lightning.ablations.collect import RowResult, collect
 from kd_lightning.ablations.plot import plot
 from kd_lightning.ablations.recipe import Recipe
-from kd_lightning.ablations.rows import ABLATIONS, TITLES, parse_table_id
+from kd_lightning.ablations.published import lookup
+from kd_lightning.ablations.rows import ABLATIONS, STUDENT_TABLES, TITLES, parse_table_id
+from kd_lightning.ablations.stats import LEGEND
+from kd_lightning.utils.hardware import cpu_kernels, cpu_model, usable_cpus
 
 #: (column name, results.json section, metric key) per stage; "acc" metrics are shown in %.
 METRICS: dict[str, list[tuple[str, str, str]]] = {
@@ -53,7 +55,7 @@ METRICS: dict[str, list[tuple[str, str, str]]] = {
         ("soft_intra_var_last", "last", "test/soft_intra_var"),
     ],
 }
-#: The paired differences to the baseline row (METHOD.md 9): (column, stage, section, key, scale, digits).
+#: The paired differences to the baseline row (docs/method.md §9): (column, stage, section, key, scale, digits).
 DIFFERENCES = [
     ("student acc (last)", "student", "last", "test/acc", 100.0, 2),
     ("student acc (best)", "student", "best", "test/acc", 100.0, 2),
@@ -94,16 +96,9 @@ def describe_data(config: dict) -> str:
 
 
 def hardware_now() -> str:
-    """CPU model and core count, and GPUs when torch sees any: the machine building the table."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} CPU cores"
+    """CPU model, its kernel set and the threads this process may use, and GPUs when torch sees any: the machine
+    building the table (kd_lightning/utils/hardware.py)."""
+    text = f"{cpu_model()}, kernels {cpu_kernels()}, {usable_cpus()} threads available"
     try:
         import torch
 
@@ -196,7 +191,7 @@ def seeds_cell(row: RowResult, seeds: list[int]) -> str:
     return f"{len(done)} of {len(seeds)} ({problems})"
 
 
-def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str) -> str:
+def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str, data: str = "") -> str:
     out = [f"# {title}", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in info.lines]
     out.append("")
@@ -224,10 +219,11 @@ def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str
     out += [
         "",
         "Open gates: % of training rows whose margin passed δ in the last epoch (g_i = 1). Geometry: the teacher's "
-        "L2-normalised test embeddings with its last-epoch weights (METHOD.md 8); best-epoch values are in the CSV.",
+        "L2-normalised test embeddings with its last-epoch weights (docs/method.md §8); best-epoch values are in the CSV.",
         "",
     ]
     out += differences_section(rows)
+    out += published_section(rows, data)
     out += soft_label_section(rows)
     out += shared_section(rows)
     out += [
@@ -249,7 +245,7 @@ def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str
             cell(r, "student", "last", "train/loss_kd", digits=3),
         ]) + " |")
     out += ["", "Test loss: cross-entropy on the test set. Train losses: the mean over the final epoch's steps; the "
-            "teacher's is CE + λ·ℓ, the student's α·CE + β·KD (METHOD.md 3, 5).", ""]
+            "teacher's is CE + λ·ℓ, the student's α·CE + β·KD (docs/method.md §3, 5).", ""]
     epochs = max((len(r.stages["teacher"].per_epoch("train/gate_open")) for r in rows), default=0)
     if epochs:
         out += ["## Open gates per epoch (teacher, % of training rows, mean over seeds)", "",
@@ -268,7 +264,7 @@ def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str
 
 
 def differences_section(rows: list[RowResult]) -> list[str]:
-    """Each row minus the plain cross-entropy teacher row, seed by seed (METHOD.md 9)."""
+    """Each row minus the plain cross-entropy teacher row, seed by seed (docs/method.md §9)."""
     student_table = any(r.label != r.row.label for r in rows)
     what = "the same student method's plain CE teacher row" if student_table else "the plain CE teacher row"
     out = [f"## Paired differences to {what}", ""]
@@ -288,10 +284,67 @@ def differences_section(rows: list[RowResult]) -> list[str]:
         cells = [d.text(scale, digits) if d.n else _unpaired(r, base, stage)
                  for d, (_, stage, _, _, scale, digits) in zip(diffs, DIFFERENCES)]
         out.append(f"| {r.label} | " + " | ".join(cells) + f" | {max(d.n for d in diffs)} |")
-    out += ["", f"Δ = row − {what} over the seeds both completed (accuracy in points): mean "
-            "[95% Student-t interval]; * marks an interval that excludes 0 (significant at 5%), no mark = not "
-            "significant. A single seed has no interval and is no result.", ""]
-    return out
+    out += ["", f"Δ = row − {what} over the seeds both completed (accuracy in points): {LEGEND}. No mark = not "
+            "significant, which says only what the interval rules out (below). A single seed has no interval and is "
+            "no result.", ""]
+    return out + verdict_section(rows)
+
+
+def verdict_section(rows: list[RowResult]) -> list[str]:
+    """The headline Δ (student acc, last epoch) of each row in words: what it shows or rules out (stats.verdict)."""
+    name, stage, section, key, scale, digits = DIFFERENCES[0]
+    lines = [f"- {r.label}: {r.difference(r.base, stage, section, key).verdict(scale, digits)}"
+             for r in rows if r.base is not None and r.difference(r.base, stage, section, key).n]
+    return ([f"What Δ {name} shows, row by row:", ""] + lines + [""]) if lines else []
+
+
+#: Table D's rows (their file names) -> the published method (published.METHODS); every other table's student is KD.
+PUBLISHED_METHOD = {"kd": "KD", "dkd": "DKD", "dist": "DIST", "crd": "CRD", "kd_rkd": "RKD"}
+
+
+def published_method(row: RowResult) -> str:
+    return PUBLISHED_METHOD.get(row.row.name, "KD") if row.row.table in STUDENT_TABLES else "KD"
+
+
+def _backbone(row: RowResult, stage: str) -> Optional[str]:
+    names = {r.get("backbone") for r in row.stages[stage].results.values()}
+    return names.pop() if len(names) == 1 else None
+
+
+def published_section(rows: list[RowResult], data: str) -> list[str]:
+    """Our best-epoch student (and plain-CE teacher) accuracy beside the published number of the same method and pair
+    (published.py), with the difference; the published figures are best-epoch numbers of 240-epoch runs."""
+    out = ["## Published numbers", ""]
+    if data != "cifar100":
+        return out + [f"No published number applies: these runs are on `{data}`, not CIFAR-100.", ""]
+    lines, notes = [], set()
+    for r in rows:
+        teacher, student = _backbone(r, "teacher"), _backbone(r, "student")
+        checks = [("student", published_method(r), "student")]
+        if r.baseline:
+            checks.append(("teacher", "teacher", "teacher"))  # the plain-CE teacher is the papers' teacher
+        for stage, method, who in checks:
+            ours = r.stages[stage].stat("best", "test/acc")
+            for p in lookup(data, teacher or "", student or "", method):
+                epochs = {x.get("epochs") for x in r.stages[stage].results.values()}
+                if epochs != {p.epochs}:
+                    notes.add(f"our {stage} runs have {', '.join(map(str, sorted(epochs, key=str)))} epochs, the "
+                              f"published ones {p.epochs}")
+                diff = "—" if ours.mean is None else f"{ours.mean * 100 - p.top1:+.2f}"
+                spread = f" ± {p.spread:.2f}" if p.spread is not None else ""
+                lines.append(f"| {r.label} | {who} {method} | {p.pair} | {ours.text(100.0, 2)} | {p.top1:.2f}{spread} "
+                             f"| {diff} | {p.epoch} | {p.source} |")
+    if not lines:
+        return out + ["No published number is listed for this pair and these methods "
+                      "(kd_lightning/ablations/published.py).", ""]
+    out += ["| row | what | pair | ours (best epoch, %) | published (%) | ours − published | published epoch "
+            "| source |", "|---|---|---|---|---|---|---|---|"] + lines
+    out += ["", "Ours: the best-epoch weights' test accuracy (highest val/acc), mean ± sample std over seeds; the "
+            "published figures are the best test accuracy over training where the source says so (\"published epoch\"). "
+            "Our recipe is this framework's (METHOD.md), not the source's code: a difference of a few tenths is within "
+            "the run-to-run spread the sources report."]
+    out += [f"Differs from the paper: {note}." for note in sorted(notes)]
+    return out + [""]
 
 
 def _unpaired(row: RowResult, base: RowResult, stage: str) -> str:
@@ -315,7 +368,7 @@ def soft_label_section(rows: list[RowResult]) -> list[str]:
             cell(r, "student", "last", "test/acc_single_view", 100.0, 2),
             cell(r, "student", "last", "test/acc_multi_view", 100.0, 2),
         ]) + " |")
-    out += ["", "Teacher soft labels p = softmax(o / T) at the KD temperature on the test set (METHOD.md 8), last-epoch "
+    out += ["", "Teacher soft labels p = softmax(o / T) at the KD temperature on the test set (docs/method.md §8), last-epoch "
             "weights; view accuracies: the synthetic set's test images showing one feature of their class vs several "
             "(— on other data sets).", ""]
     return out
@@ -398,7 +451,7 @@ def build(tid: str, recipe: Recipe, seeds: list[int], runs: Path, out: Path,
     space_text = {"prob": "probability space", "logit": "logit space"}[space]
     title = f"{TITLES[table]}" + (f", {space_text}" if table == "margin" else "") + f" — {recipe.data}"
     paths = [out / f"{tid}.md", out / f"{tid}.csv", out / f"{tid}.png"]
-    atomic_write_text(paths[0], markdown(rows, info, seeds, title))
+    atomic_write_text(paths[0], markdown(rows, info, seeds, title, recipe.data))
     atomic_write_text(paths[1], csv_text(rows, seeds, tid, recipe.data))
     write_atomic_bytes(paths[2], plot(rows, title, dict(info.lines)))
     problems = [e for r in rows for e in r.errors] + info.warnings

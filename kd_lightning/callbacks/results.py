@@ -5,10 +5,16 @@ best-epoch weights (best = highest `val/acc`). Written atomically, on global ran
 every epoch with `"status": "running"`, so an interrupted run still says how far it got. A run stopped by an error
 (a non-finite loss) or a signal it can catch (Ctrl-C, SIGTERM) records `"status": "failed"` or `"interrupted"` and
 the message; a run killed outright (SIGKILL, power loss) leaves the last complete file, still `"running"`.
+
+Paths are recorded relative to the run folder (`checkpoints/best.ckpt`, `.` for the folder itself,
+`../teacher/checkpoints/last.ckpt` for a student's teacher), so a committed or copied runs folder holds no trace of
+the machine it was made on and still says where its files are. `make_portable` rewrites an older file that way.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -31,6 +37,34 @@ def _plain(metrics: dict[str, Any]) -> dict[str, float]:
         value = float(value.item() if isinstance(value, torch.Tensor) else value)
         out[key] = value if math.isfinite(value) else None
     return out
+
+
+def relative_paths(value: Any, run_dir: Path) -> Any:
+    """`value` with every absolute path string in it made relative to `run_dir` (dicts and lists walked)."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v, run_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v, run_dir) for v in value]
+    if isinstance(value, str) and os.path.isabs(value) and "\n" not in value:
+        return os.path.relpath(value, run_dir)
+    return value
+
+
+def make_portable(path: Path) -> bool:
+    """Rewrite one results.json with its paths relative to the run folder it recorded (config.trainer.
+    default_root_dir, else the file's folder); True when it changed. For files written before paths were relative:
+
+        python -c "from pathlib import Path; from kd_lightning.callbacks.results import make_portable; \\
+                   [make_portable(p) for p in Path('results/proxy-runs').rglob('results.json')]"
+    """
+    data = json.loads(Path(path).read_text())
+    root = ((data.get("config") or {}).get("trainer") or {}).get("default_root_dir")
+    run_dir = Path(root) if root and os.path.isabs(root) else Path(path).resolve().parent
+    portable = relative_paths(data, run_dir)
+    if portable == data:
+        return False
+    atomic_write_json(Path(path), portable)
+    return True
 
 
 class ResultsWriter(pl.Callback):
@@ -115,7 +149,8 @@ class ResultsWriter(pl.Callback):
 
     def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, status: str) -> None:
         if trainer.is_global_zero:
-            atomic_write_json(self.path(trainer), self.summary(trainer, pl_module, status))
+            summary = self.summary(trainer, pl_module, status)
+            atomic_write_json(self.path(trainer), relative_paths(summary, self.path(trainer).resolve().parent))
 
     def finalize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tests: dict[str, dict[str, Any]]) -> None:
         """Adds test metrics measured after fit: `tests` maps "last"/"best" to `trainer.test` output.
@@ -128,4 +163,4 @@ class ResultsWriter(pl.Callback):
             named = {("test/" + k[len(best_prefix):] if k.startswith(best_prefix) else k): v for k, v in metrics.items()}
             summary.setdefault(which, {}).update(_plain(named))
         if trainer.is_global_zero:
-            atomic_write_json(self.path(trainer), summary)
+            atomic_write_json(self.path(trainer), relative_paths(summary, self.path(trainer).resolve().parent))

@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional, Sequence
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+from kd_lightning.exceptions import UserValueError
 
 
 class IndexedViews(Dataset):
@@ -22,7 +23,7 @@ class IndexedViews(Dataset):
 
     def __init__(self, base: Dataset, transform: Callable[[Any], torch.Tensor], views: int = 1) -> None:
         if views not in (1, 2):
-            raise ValueError(f"views must be 1 or 2, got {views}")
+            raise UserValueError(f"views must be 1 or 2, got {views}")
         self.base, self.transform, self.views = base, transform, views
 
     def __len__(self) -> int:
@@ -66,7 +67,7 @@ class KDDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size}")
+            raise UserValueError(f"data.batch_size must be a positive integer, got {batch_size}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -93,7 +94,7 @@ class KDDataModule(pl.LightningDataModule):
     def per_device_batch(self, global_batch: int) -> int:
         world = self.world_size
         if global_batch % world:
-            raise ValueError(
+            raise UserValueError(
                 f"data.batch_size={global_batch} is the global batch and must be divisible by the number of "
                 f"processes ({world}); choose a multiple of {world}."
             )

@@ -13,6 +13,7 @@ from .augment import EvalTransform, TrainTransform
 from .base import KDDataModule
 from .download import download_archive
 from .gpu_resident import GPUResidentMixin
+from kd_lightning.exceptions import UserFileError, UserValueError
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -59,7 +60,7 @@ def read_cifar_pickle(path: str) -> dict[str, Any]:
         # latin1 is what decoding the original Python 2 numpy pickles needs (torchvision does the same).
         entry = _ArraysOnly(f, encoding="latin1").load()
     if not isinstance(entry, dict):
-        raise ValueError(f"{path} is not a CIFAR pickle (a dict), got {type(entry).__name__}")
+        raise UserValueError(f"{path} is not a CIFAR pickle (a dict), got {type(entry).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
@@ -85,12 +86,12 @@ def load_cifar100_split(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     except _READ_ERRORS as err:
         raise _unreadable(path, err) from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise UserValueError(
             f"{path}: expected data [N, 3072] and N fine_labels, got data {data.shape} and {labels.shape[0]} labels. "
             f"Delete {os.path.dirname(path)} and rerun with --data.download=true."
         )
     if labels.size and (labels.min() < 0 or labels.max() >= 100):
-        raise ValueError(f"{path}: fine_labels outside 0..99 (min {labels.min()}, max {labels.max()})")
+        raise UserValueError(f"{path}: fine_labels outside 0..99 (min {labels.min()}, max {labels.max()})")
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(labels)
 
@@ -141,7 +142,7 @@ class CIFAR100DataModule(GPUResidentMixin, KDDataModule):
             persistent_workers=persistent_workers, eval_batch_size=eval_batch_size, views=views,
         )
         if val_split < 0:
-            raise ValueError(f"data.val_split must be >= 0 (0 = validate on the test set), got {val_split}")
+            raise UserValueError(f"data.val_split must be >= 0 (0 = validate on the test set), got {val_split}")
         self.data_dir = data_dir
         self.download = download
         self.val_split = val_split
@@ -182,7 +183,7 @@ class CIFAR100DataModule(GPUResidentMixin, KDDataModule):
             self._download()
             missing = self._missing()
         if missing:
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"CIFAR-100 not found: {self.folder} lacks {', '.join(missing)} (expected "
                 f"{os.path.join(self.folder, '{train,test,meta}')}, the python release). Set --data.download=true to "
                 f"download it, or point --data.data_dir at the folder that contains {FOLDER}/."
@@ -206,7 +207,7 @@ class CIFAR100DataModule(GPUResidentMixin, KDDataModule):
         if self.val_split:
             n = train_x.shape[0]
             if self.val_split >= n:
-                raise ValueError(f"data.val_split={self.val_split} must be smaller than the {n} train images")
+                raise UserValueError(f"data.val_split={self.val_split} must be smaller than the {n} train images")
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
             held, kept = order[: self.val_split].sort().values, order[self.val_split :].sort().values
             self.val_set = ArrayImages(train_x[held], train_y[held])

@@ -1,8 +1,10 @@
 """Fetching a data set's official archive, with one clear message when it cannot be had."""
 from __future__ import annotations
 
+from kd_lightning.exceptions import KDLightningError
 
-class DatasetDownloadError(RuntimeError):
+
+class DatasetDownloadError(KDLightningError, RuntimeError):
     """The archive could not be downloaded or extracted; the message says what to do by hand."""
 
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import gpu_crop_flip, normalize
+from kd_lightning.exceptions import UserValueError
 
 
 class IndexDataset(Dataset):
@@ -111,7 +112,7 @@ class GPUResidentMixin:
         bank = self._bank.to(ids.device)
         views = self.train_views  # type: ignore[attr-defined]
         if views not in (1, 2):
-            raise ValueError(f"train_views must be 1 or 2, got {views}")
+            raise UserValueError(f"train_views must be 1 or 2, got {views}")
         raw = bank.images[ids]
         # All views of all images in one batched call: [V*N, C, H, W], independent draws per row.
         aug = gpu_crop_flip(raw.repeat(views, 1, 1, 1), self.crop_padding, self.gpu_generator)

@@ -1,6 +1,6 @@
 """The built-in synthetic dataset: multi-view images generated from a seed (no files, no download).
 
-Why this structure (METHOD.md section 1): KD helps when samples of one class really differ, i.e. when a class is made
+Why this structure (docs/method.md Â§1): KD helps when samples of one class really differ, i.e. when a class is made
 of several distinct features ("views") and images show only some of them. Here every class owns `features_per_class`
 random colour-texture patches. An image of class y shows a random non-empty subset of y's patches (each present
 with probability `feature_prob`; images that show exactly one are the "single-view" images), each at a random
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from kd_lightning.data.base import KDDataModule
+from kd_lightning.exceptions import UserValueError
 
 # Sub-seed slots spawned from `seed`: one per purpose, so that each split's draw is independent of the others' sizes.
 _BANK, _TRAIN, _VAL, _TEST = range(4)
@@ -68,7 +69,7 @@ class MultiViewSpec:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"SyntheticDataModule: {message}; change it in the data config.")
+                raise UserValueError(f"SyntheticDataModule: {message}; change it in the data config.")
 
 
 def default_patch_size(image_size: int) -> int:
@@ -254,11 +255,11 @@ class SyntheticDataModule(KDDataModule):
         self.save_hyperparameters()
         for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if size < 1:
-                raise ValueError(
+                raise UserValueError(
                     f"SyntheticDataModule: {name} must be >= 1, got {size}; change it in the data config."
                 )
         if augment not in ("noise", "none"):
-            raise ValueError(f"SyntheticDataModule: augment must be 'noise' or 'none', got {augment!r}.")
+            raise UserValueError(f"SyntheticDataModule: augment must be 'noise' or 'none', got {augment!r}.")
         self.spec = MultiViewSpec(
             num_classes=num_classes,
             features_per_class=features_per_class,
@@ -319,7 +320,7 @@ class SyntheticDataModule(KDDataModule):
     @property
     def test_single_view(self) -> Optional[torch.Tensor]:
         """[test_size] bool, indexed by test id: images showing exactly one feature of their class. The modules
-        split test accuracy by it (`test/acc_single_view`, `test/acc_multi_view`; METHOD.md 8)."""
+        split test accuracy by it (`test/acc_single_view`, `test/acc_multi_view`; docs/method.md Â§8)."""
         return None if self.test_set is None else self.test_set.single_view
 
     # --- transforms ----------------------------------------------------------------------------------------------

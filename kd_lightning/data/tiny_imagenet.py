@@ -22,6 +22,8 @@ from torch.utils.data import Dataset
 from .augment import EvalTransform, TrainTransform, to_uint8_chw
 from .base import KDDataModule
 from .download import download_archive
+from kd_lightning.exceptions import UserFileError, UserValueError
+from kd_lightning.utils.hardware import usable_cpus
 
 TINY_MEAN = (0.4802, 0.4481, 0.3975)
 TINY_STD = (0.2302, 0.2265, 0.2262)
@@ -55,13 +57,13 @@ class ImageFiles(Dataset):
         self.targets = [label for _, label in samples]
         self.cache: Optional[torch.Tensor] = None
         if cache and samples:
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes outside the GIL
+            with ThreadPoolExecutor(max_workers=usable_cpus()) as pool:  # PIL decodes outside the GIL
                 decoded = list(pool.map(load_image, [path for path, _ in samples]))
             try:
                 self.cache = torch.stack(decoded)
             except RuntimeError:
                 sizes = sorted({tuple(t.shape) for t in decoded})
-                raise ValueError(f"cache_images needs images of one size; found sizes {sizes[:5]}") from None
+                raise UserValueError(f"cache_images needs images of one size; found sizes {sizes[:5]}") from None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -77,7 +79,7 @@ def read_wnids(path: str) -> list[str]:
     with open(path) as f:
         wnids = [line.strip() for line in f if line.strip()]
     if len(set(wnids)) != len(wnids):
-        raise ValueError(f"{path} lists a wnid twice; each line must be a distinct class")
+        raise UserValueError(f"{path} lists a wnid twice; each line must be a distinct class")
     return wnids
 
 
@@ -165,7 +167,7 @@ class TinyImageNetDataModule(KDDataModule):
             self._download()
             missing = self._missing()
         if missing:
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"Tiny-ImageNet not found: {self.root} lacks {', '.join(missing)}. Expected the official layout "
                 f"{FOLDER}/{{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt}}. "
                 f"Set --data.download=true to download it, or point --data.data_dir at the folder that contains "
@@ -207,7 +209,7 @@ class TinyImageNetDataModule(KDDataModule):
                     continue
                 fields = line.rstrip("\n").split("\t")
                 if len(fields) < 2:
-                    raise ValueError(f"{ann} line {lineno}: expected 'filename<TAB>wnid<TAB>bbox...', got {line!r}")
+                    raise UserValueError(f"{ann} line {lineno}: expected 'filename<TAB>wnid<TAB>bbox...', got {line!r}")
                 name, wnid = fields[0], fields[1]
                 if wnid not in index:
                     unknown.append(f"{name} -> {wnid}")
@@ -217,12 +219,12 @@ class TinyImageNetDataModule(KDDataModule):
                     labelled[name] = index[wnid]
         # A label the class list cannot map, or an annotation without its image, is an error even with verify=false.
         if unknown:
-            raise ValueError(
+            raise UserValueError(
                 f"{ann}: {len(unknown)} val images carry a wnid missing from {os.path.join(self.root, 'wnids.txt')} "
                 f"(e.g. {', '.join(unknown[:3])}). Use the wnids.txt and val_annotations.txt of the same release."
             )
         if absent:
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"{ann} annotates {len(absent)} images missing from {folder} (e.g. {', '.join(absent[:3])}). "
                 f"Re-extract {FOLDER}.zip (or rerun with --data.download=true after deleting {self.root})."
             )
@@ -248,7 +250,7 @@ class TinyImageNetDataModule(KDDataModule):
         if unlabelled_val:
             problems.append(f"val/images: {unlabelled_val} images have no line in val/val_annotations.txt")
         if problems:
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"Tiny-ImageNet at {self.root} is incomplete:\n  - " + "\n  - ".join(problems) + "\n"
                 f"Fix: delete {self.root} and rerun with --data.download=true (or re-extract {FOLDER}.zip); "
                 f"to use a partial or custom tree on purpose, set --data.verify=false."
@@ -267,7 +269,7 @@ class TinyImageNetDataModule(KDDataModule):
             unlabelled = len(list_images(os.path.join(self.root, "val", "images"))) - len(val)
             self._verify(counts, len(val), unlabelled)
         if not train or not val:
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"Tiny-ImageNet at {self.root} has {len(train)} train and {len(val)} val images; both must be > 0. "
                 f"Check the layout train/<wnid>/images/*.JPEG and val/images/*.JPEG."
             )

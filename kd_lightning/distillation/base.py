@@ -1,4 +1,4 @@
-"""What every student-side distillation term shares (METHOD.md 5): one call the student makes, whatever the term.
+"""What every student-side distillation term shares (docs/method.md Â§5): one call the student makes, whatever the term.
 
 Each loss keeps its own tensor signature (`KDLoss()(student_logits, teacher_logits)`, `DKDLoss()(..., labels)`,
 `CRDLoss()(student_pooled, teacher_pooled, ids)`), so it can be used and tested on tensors alone. The student only
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from torch import Tensor, nn
+from kd_lightning.exceptions import UserValueError
 
 
 class Outputs(NamedTuple):
@@ -22,19 +23,19 @@ class Outputs(NamedTuple):
 def check_positive(name: str, value: float, example: str) -> float:
     """`value` as a float, or a ValueError naming it and a valid example (NaN is rejected too)."""
     if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {name}={value!r}; use e.g. {name}={example}")
+        raise UserValueError(f"{name} must be > 0, got {name}={value!r}; use e.g. {name}={example}")
     return float(value)
 
 
 def check_non_negative(name: str, value: float, example: str) -> float:
     if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {name}={value!r}; use e.g. {name}={example}")
+        raise UserValueError(f"{name} must be >= 0, got {name}={value!r}; use e.g. {name}={example}")
     return float(value)
 
 
 def check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
-        raise ValueError(
+        raise UserValueError(
             f"student and teacher logits must both be [B, C], got {tuple(student_logits.shape)} "
             f"and {tuple(teacher_logits.shape)}"
         )

@@ -1,4 +1,4 @@
-"""Contrastive representation distillation (Tian et al., ICLR 2020; METHOD.md 5, "CRD").
+"""Contrastive representation distillation (Tian et al., ICLR 2020; docs/method.md Â§5, "CRD").
 
 The student's and the teacher's pooled embeddings go through linear heads to D = 128 and are L2-normalised. For an
 anchor image i with embedding v and a memory row r_j (the other network's embedding of image j, crd_memory.py), the
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from kd_lightning.distillation.base import DistillationObjective, Outputs, check_positive
 from kd_lightning.distillation.crd_memory import EmbeddingMemory
 from kd_lightning.objectives.distributed import gather_batch
+from kd_lightning.exceptions import UserValueError
 
 #: Added to the denominators of h and 1 - h as CRD's reference code does, so a vanishing score stays finite.
 NCE_EPS = 1e-7
@@ -71,7 +72,7 @@ class CRDLoss(DistillationObjective):
     ) -> None:
         super().__init__()
         if num_negatives < 1:
-            raise ValueError(f"num_negatives must be >= 1, got num_negatives={num_negatives}; use e.g. 16384")
+            raise UserValueError(f"num_negatives must be >= 1, got num_negatives={num_negatives}; use e.g. 16384")
         self.feat_dim, self.num_negatives = feat_dim, num_negatives
         self.temperature = check_positive("temperature", temperature, "0.07")
         self.num_samples, self.seed = num_samples, seed
@@ -94,7 +95,7 @@ class CRDLoss(DistillationObjective):
 
     def bind_train_set(self, num_samples: int) -> None:
         if self.num_samples is not None and num_samples != self.num_samples:
-            raise ValueError(
+            raise UserValueError(
                 f"model.distillation.init_args.num_samples={self.num_samples} but the train set has {num_samples} "
                 "images; leave num_samples null to take it from the data"
             )
@@ -135,7 +136,7 @@ class CRDLoss(DistillationObjective):
         """
         n = self.memory.num_samples
         if n == 0:
-            raise ValueError("CRD's memory is not sized: the datamodule has no train_set to count, so set "
+            raise UserValueError("CRD's memory is not sized: the datamodule has no train_set to count, so set "
                              "model.distillation.init_args.num_samples to the number of training images")
         if student_pooled.dim() != 2 or teacher_pooled.dim() != 2 or ids.shape != (student_pooled.shape[0],) \
                 or teacher_pooled.shape[0] != student_pooled.shape[0]:

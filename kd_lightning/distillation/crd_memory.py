@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from kd_lightning.exceptions import UserValueError
 
 
 class EmbeddingMemory(nn.Module):
@@ -30,9 +31,9 @@ class EmbeddingMemory(nn.Module):
     def __init__(self, dim: int, momentum: float = 0.5) -> None:
         super().__init__()
         if dim < 1:
-            raise ValueError(f"the CRD embedding size must be >= 1, got feat_dim={dim}")
+            raise UserValueError(f"the CRD embedding size must be >= 1, got feat_dim={dim}")
         if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got momentum={momentum!r}; use e.g. momentum=0.5")
+            raise UserValueError(f"momentum must be in [0, 1), got momentum={momentum!r}; use e.g. momentum=0.5")
         self.dim, self.momentum = dim, float(momentum)
         self.register_buffer("student", torch.zeros(0, dim))
         self.register_buffer("teacher", torch.zeros(0, dim))
@@ -50,7 +51,7 @@ class EmbeddingMemory(nn.Module):
     def resize(self, num_samples: int, seed: int) -> None:
         """N rows drawn uniformly from [-s, s], s = 1/sqrt(D/3) (rows of norm about 1, as CRD starts), from `seed`."""
         if num_samples < 2:
-            raise ValueError(f"CRD needs a train set of at least 2 images (one positive, other negatives), got "
+            raise UserValueError(f"CRD needs a train set of at least 2 images (one positive, other negatives), got "
                              f"{num_samples}")
         device = self.student.device
         gen = torch.Generator().manual_seed(int(seed))
@@ -100,7 +101,7 @@ class EmbeddingMemory(nn.Module):
         incoming = state_dict.get(prefix + "student")
         if incoming is not None and tuple(incoming.shape) != tuple(self.student.shape):
             if self.num_samples and incoming.shape[0] != self.num_samples:
-                raise ValueError(
+                raise UserValueError(
                     f"the checkpoint's CRD memory has {incoming.shape[0]} rows but this run's train set has "
                     f"{self.num_samples} images: resume or test a CRD student on the train set it was trained on"
                 )

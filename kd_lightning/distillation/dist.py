@@ -11,6 +11,7 @@ from kd_lightning.distillation.base import (
     check_non_negative,
     check_positive,
 )
+from kd_lightning.exceptions import UserValueError
 
 
 def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -63,7 +64,7 @@ class DISTLoss(DistillationObjective):
         """(inter, intra) before the T² and the weights."""
         check_logits(student_logits, teacher_logits)
         if student_logits.shape[0] < 2 or student_logits.shape[1] < 2:
-            raise ValueError(
+            raise UserValueError(
                 "DIST correlates over classes and over the batch: it needs at least 2 of each, got logits "
                 f"{tuple(student_logits.shape)}"
             )

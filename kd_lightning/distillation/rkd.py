@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from kd_lightning.exceptions import UserValueError
 
 
 def _pairwise_distances(e: Tensor, eps: float = 1e-12) -> Tensor:
@@ -48,9 +49,9 @@ class RKDLoss(nn.Module):
     def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:
         super().__init__()
         if not distance_weight >= 0:
-            raise ValueError(f"distance_weight must be >= 0, got distance_weight={distance_weight!r}")
+            raise UserValueError(f"distance_weight must be >= 0, got distance_weight={distance_weight!r}")
         if not angle_weight >= 0:
-            raise ValueError(f"angle_weight must be >= 0, got angle_weight={angle_weight!r}")
+            raise UserValueError(f"angle_weight must be >= 0, got angle_weight={angle_weight!r}")
         self.distance_weight = float(distance_weight)
         self.angle_weight = float(angle_weight)
 

@@ -20,8 +20,12 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import traceback
+
 import torch
 from torch import Tensor
+
+from kd_lightning.fast.trace import GRAPH_OFF, GraphUnsafeStepError, first_line
 
 
 class CapturedStep:
@@ -90,7 +94,22 @@ class CapturedStep:
         graph = torch.cuda.CUDAGraph()
         # thread_local: only this thread's unsafe calls invalidate the capture, not a DataLoader's pin-memory thread
         # pinning prefetched validation batches meanwhile (autograd's backward thread only launches kernels).
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.fn(*self.static)
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.fn(*self.static)
+        except RuntimeError as err:
+            # One line instead of pages of "capture invalidated" errors; no eager fallback nobody would notice.
+            raise GraphUnsafeStepError(capture_failure_message(err)) from None
         self.graph = graph
         graph.replay()  # capture recorded the step without running it: this is the step
+
+
+def capture_failure_message(err: BaseException) -> str:
+    """One line: what failed, the innermost kd_lightning frame that called it, and the option that turns the graph
+    off (the trace before capture, kd_lightning/fast/trace.py, catches host reads; this is what it cannot see)."""
+    where = ""
+    for frame in traceback.extract_tb(err.__traceback__):
+        if "/kd_lightning/" in frame.filename and not frame.filename.endswith("/fast/graph.py"):
+            where = f" at {frame.filename.split('/kd_lightning/')[-1]}:{frame.lineno} ({frame.line})"
+    return (f"capturing the fast path's training step in a CUDA graph failed: {first_line(err)}{where}; "
+            f"make that op graph-safe or set {GRAPH_OFF}")

@@ -3,15 +3,18 @@
 Why: `self.log(...)` of a step's loss and `bool(torch.isfinite(loss))` each make the host wait for the device, and a
 host that waits cannot queue the next step while the GPU runs this one: at the paper's batch of 64 that idle gap
 costs more than the step itself. Here every update is a few tensor ops on the device (CUDA-graph capturable: static
-shapes, no read-back); the host reads the sums once per epoch, and polls the finiteness flag without ever blocking
-(a pinned copy plus a CUDA event, read one Lightning batch later).
+shapes, no read-back); the host reads the sums once per epoch, and polls the finiteness flag through a ring of
+pinned copies and CUDA events (flag_ring.py): a non-finite step is reported at most `ring_depth` Lightning batches
+after the GPU ran it, without the host waiting unless it is already that far ahead.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
+
+from kd_lightning.fast.flag_ring import FlagRing
 
 
 class NonFiniteRecord:
@@ -35,9 +38,15 @@ class DeviceMetrics:
 
     `add(parts)` is the in-step update (call it inside the captured/compiled step); `means()` is read once per
     epoch; `poll()` / `check()` report a non-finite step (non-blocking / blocking).
+
+    Args:
+        device: where the sums live.
+        ring_depth: Lightning batches a non-finite step can go unreported on a GPU (see FlagRing).
+        new_event: the event type of the ring (torch.cuda.Event; tests pass a fake to run the ring on the CPU).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, ring_depth: int = 4,
+                 new_event: Optional[Callable[[], Any]] = None) -> None:
         self.device = torch.device(device)
         self.names: Optional[list[str]] = None
         self.sums: Optional[Tensor] = None
@@ -46,8 +55,10 @@ class DeviceMetrics:
         self.step = torch.zeros((), dtype=torch.long, device=self.device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.bad_values: Optional[Tensor] = None
-        self._host_flag: Optional[Tensor] = None
-        self._event: Optional[torch.cuda.Event] = None
+        self.ring_depth = ring_depth
+        # The ring runs where the copy can be asynchronous (CUDA), or wherever a test hands it fake events.
+        self.ring: Optional[FlagRing] = (FlagRing(self.first_bad, ring_depth, new_event)
+                                         if self.device.type == "cuda" or new_event is not None else None)
 
     # --- in the step ------------------------------------------------------------------------------------------------
     def add(self, parts: dict[str, Tensor]) -> None:
@@ -87,26 +98,27 @@ class DeviceMetrics:
         self.count.zero_()
 
     def request_poll(self) -> None:
-        """Starts a non-blocking copy of the non-finite flag to the host (read by the next `poll`)."""
-        if self.device.type != "cuda":
-            return
-        if self._host_flag is None:
-            self._host_flag = torch.full((), -1, dtype=torch.long).pin_memory()
-            self._event = torch.cuda.Event()
-        self._host_flag.copy_(self.first_bad, non_blocking=True)
-        assert self._event is not None
-        self._event.record()
+        """Queues a non-blocking copy of the non-finite flag (read by a later `poll`); call once per batch."""
+        if self.ring is not None:
+            self.ring.record()
 
     def poll(self) -> Optional[NonFiniteRecord]:
-        """The non-finite record if the last requested copy has arrived and says so; never waits for the device.
+        """The non-finite record once a queued copy that says so has arrived; waits for the device only when
+        `ring_depth` copies are pending (inside `request_poll`).
 
         On the CPU there is nothing to overlap, so this reads the flag directly.
         """
-        if self.device.type != "cuda":
+        if self.ring is None:
             return self.check()
-        if self._event is None or self._host_flag is None or not self._event.query():
+        return self._record() if self.ring.poll() is not None else None
+
+    @property
+    def detection_lag(self) -> Optional[int]:
+        """Lightning batches between the copy that showed the flag and the poll that read it (None: not seen)."""
+        if self.ring is None or self.ring.found is None:
             return None
-        return self._record() if int(self._host_flag) >= 0 else None
+        _, copied_at, seen_at = self.ring.found
+        return seen_at - copied_at
 
     def check(self) -> Optional[NonFiniteRecord]:
         """The non-finite record, reading the device (waits for it: call once per epoch)."""

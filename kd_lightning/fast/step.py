@@ -2,7 +2,7 @@
 
 One optimizer step (`_one_step`) is: gradients to None, the module's own `training_loss` (the very function the
 standard path uses, so the recipe cannot drift), backward, `InStepSGD.update()`, the module's
-`after_optimizer_step()` (the teacher's memory enqueue, after the update as METHOD.md 4 says), and the device-side
+`after_optimizer_step()` (the teacher's memory enqueue, after the update as docs/method.md Â§4 says), and the device-side
 metric update. Depending on the options it runs:
 
 - eagerly (CPU, tests, or `cuda_graph=False` without compile);
@@ -30,6 +30,8 @@ from kd_lightning.exceptions import NonFiniteLossError
 from kd_lightning.fast.graph import CapturedStep
 from kd_lightning.fast.metrics import DeviceMetrics, NonFiniteRecord
 from kd_lightning.fast.optim import InStepSGD
+from kd_lightning.fast.refusals import refuse_unsupported
+from kd_lightning.fast.trace import traced
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -80,6 +82,8 @@ class FastStep:
         self.loss_fn: Optional[Callable] = None
         self.captured: Optional[CapturedStep] = None
         self.logged_epoch: Optional[int] = None
+        # The first step before a capture runs traced (trace.py), so a graph-unsafe op is named before capture.
+        self.trace_pending = False
 
     @property
     def module(self) -> Any:
@@ -93,6 +97,7 @@ class FastStep:
         """Builds the step for this fit (called from `on_train_start`, after any checkpoint was restored)."""
         module = self.module
         trainer = module.trainer
+        refuse_unsupported(trainer)
         if trainer.world_size > 1:
             raise ValueError(
                 f"model.fast=true runs a single process, but the trainer has {trainer.world_size}; for multi-GPU "
@@ -111,6 +116,7 @@ class FastStep:
             self.loss_fn = compile_loss(module.training_loss, self.compile)
         self.captured = (CapturedStep(self._one_step, self.warmup, before_capture=self._grads_to_none)
                          if self.graphs_active(device) else None)
+        self.trace_pending = self.captured is not None
 
     def optimizer(self) -> InStepSGD:
         optimizer = self.module.optimizers(use_pl_optimizer=False)
@@ -134,12 +140,20 @@ class FastStep:
         module, optimizer = self.module, self.optimizer()
         assert self.loss_fn is not None and self.metrics is not None
         optimizer.zero_grad(set_to_none=True)
+        loss_fn, after_update, add = self.loss_fn, module.after_optimizer_step, self.metrics.add
+        # The last warm-up step (lazy state such as the metric sums exists by then) runs traced: a real step with the
+        # eager kernels that raises naming a graph-unsafe op, before the capture would fail opaquely.
+        if self.trace_pending and (self.captured is None or self.captured.calls >= self.captured.warmup):
+            self.trace_pending = False
+            loss_fn = traced(module.training_loss, "training_loss (forward and loss)")
+            after_update = traced(module.after_optimizer_step, "after_optimizer_step (memory enqueue)")
+            add = traced(self.metrics.add, "metric update")
         with self._autocast(images.device):
-            loss, parts = self.loss_fn((images, labels, ids))
+            loss, parts = loss_fn((images, labels, ids))
         loss.backward()
         optimizer.update()
-        module.after_optimizer_step()
-        self.metrics.add(parts)
+        after_update()
+        add(parts)
 
     def _run_step(self, images: Tensor, labels: Tensor, ids: Tensor) -> None:
         if self.captured is not None:

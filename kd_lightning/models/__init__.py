@@ -23,6 +23,7 @@ from kd_lightning.models.resnet import (
 from kd_lightning.models.shufflenetv2 import shufflenetv2
 from kd_lightning.models.vgg import vgg8, vgg13
 from kd_lightning.models.wrn import wrn_16_2, wrn_40_1, wrn_40_2
+from kd_lightning.exceptions import UserValueError
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {
     fn.__name__: fn
@@ -40,7 +41,7 @@ MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 def create_model(name: str, num_classes: int, **kwargs: Any) -> Backbone:
     """Builds the backbone called `name` with a `num_classes`-way classifier."""
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown model name {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        raise UserValueError(f"Unknown model name {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from kd_lightning.exceptions import UserValueError
 
 
 class Backbone(nn.Module):
@@ -37,7 +38,7 @@ class Backbone(nn.Module):
     def _build_head(self, num_features: int, num_classes: int) -> None:
         """Adds the pooling and classifier, then initialises all weights; call last in a subclass constructor."""
         if num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+            raise UserValueError(f"num_classes must be a positive integer, got {num_classes}")
         self.num_features = num_features
         self.num_classes = num_classes
         self.global_pool = nn.AdaptiveAvgPool2d(1)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kd_lightning.models.base import Backbone
+from kd_lightning.exceptions import UserValueError
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -72,7 +73,7 @@ class ResNet(Backbone):
 def _cifar_resnet(depth: int, stem_width: int, widths: Sequence[int], num_classes: int) -> ResNet:
     # CRD's depth counts the stem conv, 2 convs per block, and the classifier: depth = 6n + 2.
     if (depth - 2) % 6 != 0:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 20, 32, 56, 110, ...), got {depth}")
+        raise UserValueError(f"CIFAR ResNet depth must be 6n+2 (8, 20, 32, 56, 110, ...), got {depth}")
     n = (depth - 2) // 6
     return ResNet(stem_width, widths, [n] * len(widths), num_classes)
 

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kd_lightning.models.base import Backbone
+from kd_lightning.exceptions import UserValueError
 
 
 class PreActBlock(nn.Module):
@@ -47,7 +48,7 @@ class WideResNet(Backbone):
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 100, drop_rate: float = 0.0) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0:
-            raise ValueError(f"WideResNet depth must be 6n+4 (16, 28, 40, ...), got {depth}")
+            raise UserValueError(f"WideResNet depth must be 6n+4 (16, 28, 40, ...), got {depth}")
         n = (depth - 4) // 6
         widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)

@@ -14,6 +14,7 @@ from kd_lightning.fast import CompileMode, FastPathMixin
 from kd_lightning.models import create_model
 from kd_lightning.modules.geometry import EmbeddingGeometry
 from kd_lightning.modules.soft_labels import SoftLabelStats, ViewAccuracy
+from kd_lightning.exceptions import UserValueError
 
 
 class ClassifierModule(FastPathMixin, pl.LightningModule):
@@ -22,7 +23,7 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
     Args:
         backbone: a name from `kd_lightning.models.MODEL_NAMES`.
         num_classes: linked from the datamodule by the CLI.
-        lr: SGD learning rate at a global batch of `data.batch_size` (METHOD.md 6: 0.05; 0.01 for
+        lr: SGD learning rate at a global batch of `data.batch_size` (docs/method.md Â§6: 0.05; 0.01 for
             MobileNetV2 / ShuffleNet).
         momentum: SGD momentum.
         weight_decay: L2 weight decay on every parameter (as the CRD recipe does).
@@ -37,7 +38,7 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
         cuda_graph: fast path: capture the whole step in one CUDA graph (GPU only).
         steps_per_batch: fast path: optimizer steps per training batch (needs data.gpu_resident=true when > 1).
         soft_label_temperature: T of the soft labels p = softmax(o / T) whose test-set statistics are logged
-            (`test/soft_intra_var`, `test/soft_nontarget_mass`, `test/soft_entropy`; METHOD.md 8): the KD
+            (`test/soft_intra_var`, `test/soft_nontarget_mass`, `test/soft_entropy`; docs/method.md Â§8): the KD
             temperature, 4, so that they describe what a student is taught.
     """
 
@@ -64,7 +65,7 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
     ) -> None:
         super().__init__()
         if lr <= 0:
-            raise ValueError(f"model.lr must be > 0, got {lr}")
+            raise UserValueError(f"model.lr must be > 0, got {lr}")
         self.init_fast_path(fast, compile, cuda_graph, steps_per_batch)  # [fast path] switch; off by default
         self.backbone = create_model(backbone, num_classes=num_classes)
         self.num_classes = num_classes
@@ -102,6 +103,7 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch: Any, batch_idx: int) -> Optional[torch.Tensor]:
+        self._batch_idx = batch_idx  # for the non-finite message (Lightning's public argument, not its loop state)
         if self.fast_path is not None:  # [fast path] K captured steps of training_loss per batch (kd_lightning/fast)
             return self.fast_path.training_step(batch, batch_idx)
         loss, parts = self.training_loss(batch)
@@ -129,7 +131,8 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
         last = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
         kept = (f"the last good checkpoint is kept: {last} (resume from it with --ckpt_path last once fixed)"
                 if last else "no checkpoint had been written yet")
-        batch = f", batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1}" if trainer else ""
+        batch_idx = getattr(self, "_batch_idx", None)
+        batch = f", batch {batch_idx}" if batch_idx is not None else ""
         return (
             f"non-finite {bad[0][0]} at global step {self.global_step} (epoch {self.current_epoch}{batch}): {values}. "
             f"Training stopped; {kept}. Lower model.lr, or check the data and the loss weights."

@@ -1,4 +1,4 @@
-"""What the paper claims the teacher changes: its soft labels (METHOD.md 8), as torchmetrics Metrics (DDP-synced).
+"""What the paper claims the teacher changes: its soft labels (docs/method.md Â§8), as torchmetrics Metrics (DDP-synced).
 
 With p_i = softmax(o_i / T) at the KD temperature T, on the evaluated set:
     soft_intra_var      = mean_c mean_{i in c} ||p_i - p̄_c||²    (p̄_c the class mean of p)
@@ -7,13 +7,14 @@ With p_i = softmax(o_i / T) at the KD temperature T, on the evaluated set:
 Only sums are kept (per-class sums of p and of ||p||², counts, and two running totals): exact and constant in
 memory, as EmbeddingGeometry does for the embeddings. Classes absent from the set are left out of the class mean.
 
-`ViewAccuracy` splits test accuracy by a per-image flag (the synthetic set's single-view images, METHOD.md 8).
+`ViewAccuracy` splits test accuracy by a per-image flag (the synthetic set's single-view images, docs/method.md Â§8).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
+from kd_lightning.exceptions import UserValueError
 
 
 class SoftLabelStats(Metric):
@@ -22,7 +23,7 @@ class SoftLabelStats(Metric):
     def __init__(self, num_classes: int, temperature: float = 4.0) -> None:
         super().__init__()
         if not temperature > 0:
-            raise ValueError(f"model.soft_label_temperature must be > 0, got {temperature!r}; use e.g. 4.0")
+            raise UserValueError(f"model.soft_label_temperature must be > 0, got {temperature!r}; use e.g. 4.0")
         self.temperature = float(temperature)
         f64 = dict(dtype=torch.float64)
         self.add_state("sums", torch.zeros(num_classes, num_classes, **f64), dist_reduce_fx="sum")

@@ -1,4 +1,4 @@
-"""The student: distilled from a frozen teacher with a pluggable distillation term (+ optional RKD), METHOD.md 5."""
+"""The student: distilled from a frozen teacher with a pluggable distillation term (+ optional RKD), docs/method.md Â§5."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -14,6 +14,7 @@ from kd_lightning.fast import CompileMode
 from kd_lightning.modules.base import ClassifierModule
 from kd_lightning.modules.frozen_teacher import FrozenTeacher, load_frozen_teacher
 from kd_lightning.objectives.distributed import gather_batch
+from kd_lightning.exceptions import UserValueError
 
 
 class StudentModule(ClassifierModule):
@@ -86,12 +87,12 @@ class StudentModule(ClassifierModule):
                             ("rkd_distance_weight", rkd_distance_weight), ("rkd_angle_weight", rkd_angle_weight),
                             ("distillation_warmup_epochs", distillation_warmup_epochs)):
             if value < 0:
-                raise ValueError(f"model.{name} must be >= 0, got {value}")
+                raise UserValueError(f"model.{name} must be >= 0, got {value}")
         self.ce_weight, self.kd_weight = ce_weight, kd_weight
         self.warmup_epochs = distillation_warmup_epochs
         self.use_distillation = kd_weight > 0
         if fast and self.use_distillation and not distillation.supports_fast_path:
-            raise ValueError(
+            raise UserValueError(
                 f"model.distillation={type(distillation).__name__} cannot run on the fast path (its step draws "
                 "random negatives and updates a memory outside the captured graph); set --model.fast=false"
             )
@@ -99,7 +100,7 @@ class StudentModule(ClassifierModule):
         self.rkd_loss = RKDLoss(rkd_distance_weight, rkd_angle_weight)
         needs_teacher = self.use_distillation or self.use_rkd
         if needs_teacher and not teacher_checkpoint:
-            raise ValueError(
+            raise UserValueError(
                 "model.teacher_checkpoint is not set but kd_weight/rkd weights ask for a teacher; pass "
                 "--model.teacher_checkpoint=runs/<teacher>/checkpoints/last.ckpt, or set --model.kd_weight=0 "
                 "--model.ce_weight=1 to train the student alone"

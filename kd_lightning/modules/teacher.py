@@ -1,4 +1,4 @@
-"""The teacher: cross-entropy plus a margin-gated contrastive term on two views (METHOD.md 3-4)."""
+"""The teacher: cross-entropy plus a margin-gated contrastive term on two views (docs/method.md Â§3-4)."""
 from __future__ import annotations
 
 from typing import Any, Literal, Optional
@@ -11,6 +11,7 @@ from torch import nn
 from kd_lightning.fast import CompileMode
 from kd_lightning.modules.base import ClassifierModule
 from kd_lightning.objectives import ClassMemory, ContrastiveObjective, IntraClassContrastive, MarginGate, gather_rows
+from kd_lightning.exceptions import UserValueError
 
 #: Version of what a teacher checkpoint records under CHECKPOINT_KEY; students check it.
 TEACHER_FORMAT = 1
@@ -30,7 +31,7 @@ class TeacherModule(ClassifierModule):
         gate_space: "prob" (margin of softmax probabilities, default) or "logit".
         memory_size: Q, the per-class FIFO of past first-view embeddings used as extra candidates; 0 disables it.
         projection_dim: optional linear head on the pooled embedding before normalisation (None: no head, as
-            METHOD.md 2 defaults).
+            docs/method.md Â§2 defaults).
         gather_distributed: under DDP, contrast against the whole global batch (gradient-correct all-gather);
             false contrasts within each rank's rows. The memory is filled from all ranks' rows either way.
         lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite: see ClassifierModule.
@@ -64,11 +65,11 @@ class TeacherModule(ClassifierModule):
         soft_label_temperature: float = 4.0,
     ) -> None:
         if contrastive_weight < 0:
-            raise ValueError(f"model.contrastive_weight (λ) must be >= 0, got {contrastive_weight}")
+            raise UserValueError(f"model.contrastive_weight (λ) must be >= 0, got {contrastive_weight}")
         if memory_size < 0:
-            raise ValueError(f"model.memory_size (Q) must be >= 0, got {memory_size}; use 0 to disable the memory")
+            raise UserValueError(f"model.memory_size (Q) must be >= 0, got {memory_size}; use 0 to disable the memory")
         if gate_delta is not None and gate_delta < 0:
-            raise ValueError(f"model.gate_delta (δ) must be >= 0, got {gate_delta}; use null to disable the gate")
+            raise UserValueError(f"model.gate_delta (δ) must be >= 0, got {gate_delta}; use null to disable the gate")
         self.projection_dim = projection_dim
         super().__init__(backbone, num_classes, lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite,
                          fast=fast, compile=compile, cuda_graph=cuda_graph, steps_per_batch=steps_per_batch,
@@ -95,7 +96,7 @@ class TeacherModule(ClassifierModule):
         """L_T of one batch and its logged parts; stages the memory rows that `after_optimizer_step` enqueues."""
         images, labels, ids = batch
         if images.dim() != 5 or images.shape[1] != 2:
-            raise ValueError(
+            raise UserValueError(
                 f"the teacher needs two views per image (batch of shape [N, 2, C, H, W]), got {tuple(images.shape)}; "
                 "use a kd_lightning datamodule, which reads the model's train_views"
             )
@@ -112,7 +113,7 @@ class TeacherModule(ClassifierModule):
         loss = loss_ce + self.contrastive_weight * loss_con
         memory_rows = (z.detach(), labels2, ids2)
         if memory is not None and not self.gather_distributed:
-            # The memory is global whatever the pool (METHOD.md 4): gather all ranks' rows, or the ranks' memories
+            # The memory is global whatever the pool (docs/method.md Â§4): gather all ranks' rows, or the ranks' memories
             # diverge (and DDP's buffer broadcast would then silently keep rank 0's and drop the others' rows).
             memory_rows = gather_rows(*memory_rows)
         half = memory_rows[0].shape[0] // 2  # first view of every image (of every rank once gathered)
@@ -123,7 +124,7 @@ class TeacherModule(ClassifierModule):
         self.after_optimizer_step()  # [fast path] there it already ran inside every step: nothing is pending
 
     def after_optimizer_step(self) -> None:
-        # After the optimizer step (METHOD.md 4): the current batch never sees itself in the memory.
+        # After the optimizer step (docs/method.md Â§4): the current batch never sees itself in the memory.
         if self._pending_memory is not None and self.memory.size_per_class > 0:
             self.memory.enqueue(*self._pending_memory)
         self._pending_memory = None

@@ -1,4 +1,4 @@
-"""Teacher-side objectives (METHOD.md sections 3-4): contrastive terms, the margin gate, the class memory."""
+"""Teacher-side objectives (docs/method.md §3-4): contrastive terms, the margin gate, the class memory."""
 from kd_lightning.objectives.base import CandidatePool, ContrastiveObjective
 from kd_lightning.objectives.distributed import gather_rows
 from kd_lightning.objectives.gate import MarginGate

@@ -1,4 +1,4 @@
-"""The shared machinery of every teacher-side contrastive objective (METHOD.md section 3.1).
+"""The shared machinery of every teacher-side contrastive objective (docs/method.md Â§3.1).
 
 An objective sees the [M, D] L2-normalised embeddings of both views of N = M/2 images (row i and row i + N are the two
 views of image i), builds for every anchor i the candidate pool
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor, nn
+from kd_lightning.exceptions import UserValueError
 
 if TYPE_CHECKING:  # only for the annotation; memory.py does not depend on this file either
     from kd_lightning.objectives.memory import ClassMemory
@@ -48,20 +49,20 @@ class ContrastiveObjective(nn.Module):
     """Base class: builds the candidate pool and the weighted mean; subclasses define ℓ_i in `anchor_losses`.
 
     Args:
-        temperature: τ in s_ij = z_i · z_j / τ; must be > 0 (METHOD.md default 0.1).
+        temperature: τ in s_ij = z_i · z_j / τ; must be > 0 (docs/method.md Â§6 default 0.1).
     """
 
     def __init__(self, temperature: float = 0.1) -> None:
         super().__init__()
         if not temperature > 0:  # also rejects NaN
-            raise ValueError(f"temperature must be > 0, got temperature={temperature!r}; use e.g. temperature=0.1")
+            raise UserValueError(f"temperature must be > 0, got temperature={temperature!r}; use e.g. temperature=0.1")
         self.temperature = float(temperature)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
 
     def anchor_losses(self, pool: CandidatePool) -> Tensor:
-        """ℓ_i for every anchor, [M] float32. Subclasses implement METHOD.md's formula here."""
+        """ℓ_i for every anchor, [M] float32. Subclasses implement the formula of docs/method.md Â§3.1 here."""
         raise NotImplementedError
 
     def forward(

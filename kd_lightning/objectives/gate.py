@@ -1,10 +1,11 @@
-"""The margin gate (METHOD.md 3.2): the contrastive term only acts on samples already classified with a margin."""
+"""The margin gate (docs/method.md Â§3.2): the contrastive term only acts on samples already classified with a margin."""
 from __future__ import annotations
 
 from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
+from kd_lightning.exceptions import UserValueError
 
 
 class MarginGate(nn.Module):
@@ -18,9 +19,9 @@ class MarginGate(nn.Module):
     def __init__(self, delta: Optional[float] = 0.5, space: Literal["prob", "logit"] = "prob") -> None:
         super().__init__()
         if delta is not None and not delta >= 0:  # also rejects NaN
-            raise ValueError(f"delta must be >= 0 or None (gate disabled), got delta={delta!r}")
+            raise UserValueError(f"delta must be >= 0 or None (gate disabled), got delta={delta!r}")
         if space not in ("prob", "logit"):
-            raise ValueError(f"space must be 'prob' or 'logit', got space={space!r}")
+            raise UserValueError(f"space must be 'prob' or 'logit', got space={space!r}")
         self.delta = None if delta is None else float(delta)
         self.space = space
 

@@ -1,9 +1,10 @@
-"""The per-class memory of negatives ("pipeline caching", METHOD.md section 4)."""
+"""The per-class memory of negatives ("pipeline caching", docs/method.md Â§4)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from kd_lightning.exceptions import UserValueError
 
 
 class ClassMemory(nn.Module):
@@ -25,11 +26,11 @@ class ClassMemory(nn.Module):
     def __init__(self, num_classes: int, dim: int, size_per_class: int) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got num_classes={num_classes}")
+            raise UserValueError(f"num_classes must be >= 1, got num_classes={num_classes}")
         if dim < 1:
-            raise ValueError(f"dim must be >= 1, got dim={dim}")
+            raise UserValueError(f"dim must be >= 1, got dim={dim}")
         if size_per_class < 0:
-            raise ValueError(
+            raise UserValueError(
                 f"size_per_class must be >= 0 (0 disables the memory), got size_per_class={size_per_class}"
             )
         self.num_classes, self.dim, self.size_per_class = num_classes, dim, size_per_class

@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from kd_lightning.exceptions import KDLightningError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(KDLightningError, ValueError):
     """A checkpoint file is missing, truncated, not a checkpoint, or refers to code."""
 
 

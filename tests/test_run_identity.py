@@ -1,0 +1,155 @@
+"""A run is what its resolved config says (issue 17): rows, sweep values and recipes are resolved by the CLI's own
+parser before anything trains; another spelling of a value is the same run; a bad row stops the table at once."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kd_lightning.ablations import recipe, rows, runner, runs
+from kd_lightning.exceptions import KDLightningError, RowError
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+PROXY = recipe.Recipe(data="synthetic")
+
+
+# --- another spelling of the same value is the same run -----------------------------------------------------------
+@pytest.mark.parametrize("args, name", [
+    (["--model.contrastive_weight=5e-2"], "paper"),  # YAML 1.1 read 5e-2 as a string: run "contrastive_weight=5e-2"
+    (["--model.contrastive_weight=0e0"], "plain_ce"),
+    (["--model.contrastive_weight=0"], "plain_ce"),
+    (["--model.gate_delta=5E-1"], "paper"),
+    (["--model.init_args={gate_delta: 1e-1}"], "gate_delta=0.1"),
+])
+def test_spellings_of_a_value_are_one_run(args, name):
+    assert runs.teacher_run(PROXY, args).name == name
+
+
+def test_an_agents_str_float_is_the_rows_decimal():
+    # W&B agents format floats with str(): 0.00001 arrives as 1e-05.
+    agent = runs.teacher_run(PROXY, ["--model.contrastive_weight=1e-05"])
+    row = runs.teacher_run(PROXY, ["--model.contrastive_weight=0.00001"])
+    assert agent == row and agent.name == "contrastive_weight=1e-05"
+    a = runner.expected_identity(runs.teacher_job("synthetic", agent, 0), PROXY, Path("/r"))
+    b = runner.expected_identity(runs.teacher_job("synthetic", row, 0), PROXY, Path("/r"))
+    assert a == b and a["model"]["init_args"]["contrastive_weight"] == 1e-05
+
+
+def test_a_change_outside_the_teachers_init_args_is_part_of_the_name():
+    # Not "plain_ce": that run has the recipe's lr. The old merger named this run plain_ce as well.
+    assert runs.teacher_run(PROXY, ["--model.contrastive_weight=0", "--model.lr=0.1"]).name == "plain_ce+lr=0.1"
+    assert runs.teacher_run(PROXY, ["--trainer.max_epochs=3"]).name == "trainer.max_epochs=3"
+
+
+# --- bad rows stop the table before the first run starts ------------------------------------------------------------
+def copy_table(table: str, dest: Path, extra_rows: dict[str, str]) -> Path:
+    """A copy of `table`'s rows (files and manifest) with `extra_rows` ({name: file text}) appended."""
+    folder = dest / table
+    shutil.copytree(rows.rows_dir(table), folder)
+    manifest = (folder / rows.MANIFEST).read_text()
+    for name, text in extra_rows.items():
+        (folder / f"{name}.yaml").write_text(text)
+        manifest += f"  - name: {name}\n    label: {name}\n"
+    (folder / rows.MANIFEST).write_text(manifest)
+    return dest
+
+
+def ablations_run(table: str, ablations: Path, runs_dir: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run([PY, "-m", "kd_lightning.ablations", "run", table, "--ablations", str(ablations),
+                           "--runs", str(runs_dir), "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("model:\n  init_args:\n    gate_detla: 0.3\n", "unknown key 'model.gate_detla'"),
+    ("model:\n  init_args:\n    gate_delta: wide\n", "key 'model.gate_delta' expects float or null, got 'wide'"),
+])
+def test_a_bad_row_stops_the_table_before_any_run(tmp_path, text, says):
+    ablations = copy_table("margin", tmp_path / "ablations", {"bad": text})
+    started = time.monotonic()
+    proc = ablations_run("margin", ablations, tmp_path / "runs", tmp_path / "results")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("ablations: error: "), proc.stderr
+    assert str(ablations / "margin" / "bad.yaml") in errors[0] and says in errors[0], errors[0]
+    assert "[run]" not in proc.stdout and not (tmp_path / "runs").exists()  # no run started, none trained
+    assert elapsed < 120  # the time it takes to parse (imports included), not to train 12 runs
+
+
+def test_a_row_naming_a_missing_overlay_stops_the_table(tmp_path):
+    ablations = copy_table("students", tmp_path / "ablations", {})
+    manifest = ablations / "students" / rows.MANIFEST
+    manifest.write_text(manifest.read_text().replace("configs/student/dist.yaml", "configs/student/dits.yaml"))
+    proc = ablations_run("students", ablations, tmp_path / "runs", tmp_path / "results")
+    assert proc.returncode == 2
+    assert "row 'dist': overlay configs/student/dits.yaml names no file" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resolving_names_the_row_file_and_the_key(tmp_path):
+    bad = tmp_path / "row.yaml"
+    bad.write_text("model:\n  init_args:\n    contrastive_wieght: 0.1\n")
+    with pytest.raises(RowError, match=rf"{bad}: unknown key 'model.contrastive_wieght'") as info:
+        runs.teacher_run(PROXY, ["--config", str(bad)])
+    assert isinstance(info.value, KDLightningError)
+    with pytest.raises(RowError, match=r"missing.yaml does not exist"):
+        runs.teacher_run(PROXY, ["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_no_yaml_merging_left_in_the_table_code():
+    # Configs are resolved by the CLI's parser; PyYAML loads only a W&B sweep file (sweep_expand), never a config.
+    for path in (ROOT / "kd_lightning" / "ablations").glob("*.py"):
+        text = path.read_text()
+        if path.name != "sweep_expand.py":
+            assert "yaml.safe_load" not in text, path
+
+
+# --- runs recorded before the parser (recipe.json version 1) are kept, not retrained -------------------------------
+def legacy_run(tmp_path: Path, max_epochs: int = 20) -> tuple[runs.Job, Path]:
+    """The committed proxy's paper teacher, seed 0, with a version-1 recipe.json (a YAML-merged "config")."""
+    source = ROOT / "results" / "proxy-runs" / "synthetic" / "paper" / "seed0" / "teacher"
+    out = tmp_path / "runs"
+    job = runs.Job("synthetic", "paper", 0, "teacher")
+    run_dir = job.dir(out)
+    run_dir.mkdir(parents=True)
+    for name in ("results.json", "config.yaml"):
+        shutil.copy(source / name, run_dir)
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("max_epochs: 20", f"max_epochs: {max_epochs}"))
+    (run_dir / "recipe.json").write_text(json.dumps({"command": ["-m", "kd_lightning", "fit"], "config": {}}))
+    return job, out
+
+
+def test_a_version_1_run_that_matches_is_kept_and_its_recipe_migrated(tmp_path):
+    job, out = legacy_run(tmp_path)
+    assert runner.run_job(job, PROXY, out) == "complete"
+    recorded = json.loads((job.dir(out) / "recipe.json").read_text())
+    assert recorded["identity_version"] == runner.IDENTITY_VERSION
+    assert recorded["identity"] == runner.expected_identity(job, PROXY, out)
+
+
+def test_a_version_1_run_with_other_settings_is_stale(tmp_path):
+    job, out = legacy_run(tmp_path, max_epochs=7)
+    with pytest.raises(runner.StaleRunError, match=r"trainer.max_epochs: 7 -> 20"):
+        runner.run_job(job, PROXY, out)
+
+
+# --- one GPU means one GPU --------------------------------------------------------------------------------------------
+def test_devices_default_to_one_process():
+    from kd_lightning.ablations.identity import resolve
+
+    plain = resolve(["--model=kd_lightning.modules.TeacherModule", "--data=kd_lightning.data.SyntheticDataModule"],
+                    "test")
+    assert plain.trainer.devices == 1 and plain.trainer.sync_batchnorm is True
+    with_defaults = resolve(["--config", "configs/trainer/default.yaml", "--config", "configs/data/cifar100.yaml",
+                             "--config", "configs/teacher/resnet32x4.yaml"], "test")
+    assert with_defaults.trainer.devices == 1  # was "auto": every GPU of the node

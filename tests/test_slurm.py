@@ -1,0 +1,164 @@
+"""The Slurm launcher (kd_lightning/ablations/slurm.py) against a real one-node Slurm (tests/slurm_cluster.py):
+a tiny two-row Table A through `make table-margin LAUNCHER=slurm` gives the local runner's metrics, a student's job
+starts only after its teacher's ended, a grid submitted twice submits no job twice, and a job cancelled mid-run is
+resumed from its last.ckpt by the next submission. Skipped where Slurm's packages are missing."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from slurm_cluster import slurm  # noqa: F401  (the session fixture)
+from test_tables import TINY, copy_rows, make
+
+from kd_lightning.ablations import rows, slurm as launcher
+from kd_lightning.ablations.__main__ import table_jobs
+from kd_lightning.ablations.recipe import Recipe
+from kd_lightning.exceptions import UserValueError
+
+PY = sys.executable
+METRICS = ("test/acc", "val/acc", "train/loss")
+
+
+def test_slurm_extra_options_become_sbatch_flags():
+    parsed = launcher.SlurmSettings(extra="--qos=high --account lab --exclusive").extra_parameters()
+    assert parsed == {"qos": "high", "account": "lab", "exclusive": True}
+    with pytest.raises(UserValueError, match="SLURM_EXTRA must be long sbatch options"):
+        launcher.SlurmSettings(extra="-p debug").extra_parameters()
+    with pytest.raises(UserValueError, match="SLURM_CPUS must be >= 1"):
+        launcher.SlurmSettings(cpus=0)
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def submitted(out: str) -> dict[str, str]:
+    return dict(re.findall(r"\[slurm\] (\S+): submitted job (\d+)", out))
+
+
+def scontrol(job_id: str) -> dict[str, str]:
+    text = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", text))
+
+
+KEYS = [f"synthetic/{t}/seed0/{s}" for t in ("paper", "plain_ce") for s in ("teacher", "student")]
+
+
+@pytest.fixture(scope="module")
+def grids(slurm, tmp_path_factory):  # noqa: F811
+    """Two-row Table A (δ = 0.5, plain CE: 2 teachers, 2 students), 2 epochs on 64 images: submitted to Slurm
+    (1 CPU per job), its status while it runs, submitted again, then waited for (WAIT=1); and the same table by the
+    local runner (JOBS=2: 1 thread per run, as Slurm's --cpus-per-task=1) in another runs folder."""
+    base = tmp_path_factory.mktemp("grid")
+    copy_rows("margin", ("delta_0.5", "plain_ce"), base / "ablations")
+    common = [f"ABLATIONS={base / 'ablations'}", "EPOCHS=2", f"ARGS={TINY}", f"PY={PY}", "STATUS=margin"]
+    on_slurm = [f"RUNS={base / 'slurm-runs'}", f"RESULTS={base / 'slurm-results'}", "LAUNCHER=slurm",
+                "SLURM_CPUS=1", *common]
+    first = ok(make("table-margin", *on_slurm))
+    status = ok(make("tables-status", *on_slurm))
+    again = ok(make("table-margin", *on_slurm))
+    waited = ok(make("table-margin", "WAIT=1", *on_slurm))
+    after = ok(make("tables-status", *on_slurm))
+    local = ok(make("table-margin", f"RUNS={base / 'local-runs'}", f"RESULTS={base / 'local-results'}", "JOBS=2",
+                    *common))
+    return dict(base=base, first=first, status=status, again=again, waited=waited, after=after, local=local)
+
+
+def test_the_grid_is_submitted_at_once_and_a_second_submission_submits_nothing(grids):
+    ids = submitted(grids["first"])
+    assert sorted(ids) == sorted(KEYS), grids["first"]
+    assert len(set(ids.values())) == 4
+    # While it runs: every run is pending or running with its job id (or already complete: tiny runs are quick).
+    for key in KEYS:
+        line = next(line for line in grids["status"].splitlines() if line.split()[1:2] == [key])
+        state = line.split()[0]
+        assert state in ("pending", "running", "complete"), grids["status"]
+        if state != "complete":
+            assert f"(job {ids[key]})" in line, line
+    assert re.search(r"^(pending|running) ", grids["status"], re.M), grids["status"]
+    # Submitted again while queued: nothing new; each run still records its first job.
+    assert submitted(grids["again"]) == {}, grids["again"]
+    for key in KEYS:
+        record = json.loads((grids["base"] / "slurm-runs" / key / "slurm.json").read_text())
+        assert record["job_id"] == ids[key]
+    assert submitted(grids["waited"]) == {}, grids["waited"]
+    lines = [line for line in grids["after"].splitlines() if re.match(r"\w+ +synthetic/", line)]
+    assert len(lines) == 4 and all(line.startswith("complete ") for line in lines), grids["after"]
+    assert "[status] 4 complete" in grids["after"]
+
+
+def test_a_student_job_starts_only_after_its_teacher_job_ended(grids):
+    ids = submitted(grids["first"])
+    for teacher in ("paper", "plain_ce"):
+        t = scontrol(ids[f"synthetic/{teacher}/seed0/teacher"])
+        s = scontrol(ids[f"synthetic/{teacher}/seed0/student"])
+        assert t["JobState"] == s["JobState"] == "COMPLETED", (t, s)
+        assert datetime.fromisoformat(s["StartTime"]) >= datetime.fromisoformat(t["EndTime"]), (t, s)
+        record = json.loads((grids["base"] / "slurm-runs" / f"synthetic/{teacher}/seed0/student/slurm.json")
+                            .read_text())
+        assert record["after"] == ids[f"synthetic/{teacher}/seed0/teacher"]
+
+
+def test_slurm_runs_give_the_local_runners_metrics_and_table(grids):
+    for key in KEYS:
+        a = json.loads((grids["base"] / "slurm-runs" / key / "results.json").read_text())
+        b = json.loads((grids["base"] / "local-runs" / key / "results.json").read_text())
+        assert a["status"] == b["status"] == "complete"
+        assert a["epochs"] == b["epochs"] == 2
+        for part in ("last", "best"):
+            for metric in METRICS:
+                if metric in b[part]:
+                    assert a[part][metric] == b[part][metric], (key, part, metric)
+        assert a["last"]["test/acc"] is not None
+    slurm_md = (grids["base"] / "slurm-results" / "margin.md").read_text()
+    local_md = (grids["base"] / "local-results" / "margin.md").read_text()
+
+    def numbers(md: str) -> list[str]:
+        return [line for line in md.splitlines() if line.startswith("|")]
+
+    assert numbers(slurm_md) == numbers(local_md) and numbers(slurm_md)
+
+
+def test_a_cancelled_job_is_resumed_from_its_last_checkpoint_by_the_next_submission(slurm, tmp_path):  # noqa: F811
+    copy_rows("margin", ("plain_ce",), tmp_path / "ablations")
+    recipe = Recipe(data="synthetic", epochs=12, extra=TINY.split())
+    teacher = [j for j in table_jobs(["margin"], recipe, 0, tmp_path / "ablations") if j.stage == "teacher"]
+    runs = tmp_path / "runs"
+    settings = launcher.SlurmSettings(cpus=1, time=10)
+    first = launcher.submit_grid(teacher, recipe, runs, settings)
+    (what, job_id), = first.values()
+    assert what == "submitted"
+    run_dir = teacher[0].dir(runs)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # mid-run: a last.ckpt of a finished epoch, more epochs to go
+        results = rows.read_results(run_dir / "results.json") or {}
+        if (run_dir / "checkpoints" / "last.ckpt").is_file() and 1 <= results.get("epochs", 0) < 8:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the job never got mid-run: {(run_dir / 'train.log').read_text()[-2000:]}")
+    subprocess.run(["scancel", job_id], check=True)
+    launcher.wait_grid([job_id], poll_s=0.5)
+    stopped = rows.read_results(run_dir / "results.json")
+    assert stopped["status"] != "complete" and stopped["epochs"] < 12
+    state, detail = launcher.run_status(teacher[0], runs, launcher.queue())
+    assert state in ("failed", "interrupted") and str(run_dir / "train.log") in detail, (state, detail)
+    second = launcher.submit_grid(teacher, recipe, runs, settings)
+    (what, job_id2), = second.values()
+    assert what == "submitted" and job_id2 != job_id
+    launcher.wait_grid([job_id2], poll_s=0.5)
+    job_log = Path(json.loads((run_dir / "slurm.json").read_text())["log"]).read_text()
+    assert re.search(r"teacher: resuming \((interrupted|running|failed)\) from checkpoints/last.ckpt", job_log), job_log
+    assert "--ckpt_path=last" in job_log, job_log
+    log = (run_dir / "train.log").read_text()
+    assert f"Restoring states from the checkpoint path at {run_dir / 'checkpoints' / 'last.ckpt'}" in log, log[-3000:]
+    final = rows.read_results(run_dir / "results.json")
+    assert final["status"] == "complete" and final["epochs"] == 12, final
+    assert launcher.submit_grid(teacher, recipe, runs, settings) == {teacher[0].key: ("complete", "")}
