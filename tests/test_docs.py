@@ -529,3 +529,32 @@ def test_docs_are_clean_utf8():
             for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1)
             if re.search("[\u00c2\u00c3][\u0080-\u00bf]", line)]
     assert not hits, "\n".join(hits)
+
+
+def _proxy_minutes() -> tuple[list[float], float, float]:
+    """From the committed runs' results.json `wall_seconds` (results/proxy-runs/, two runs at a time, so half the
+    sum): the demo's minutes per seed (its five runs), Tables A-C's minutes over all seeds, Table D's extra runs'."""
+    import json
+
+    wall: dict[tuple[str, str, str], float] = {}
+    for path in (ROOT / "results/proxy-runs").glob("*/*/seed*/*/results.json"):
+        run, seed, stage = path.parts[-4:-1]
+        wall[run, seed, stage] = float(json.loads(path.read_text())["wall_seconds"])
+    seeds = sorted({seed for _, seed, _ in wall})
+    demo_runs = [("plain_ce", "teacher"), ("plain_ce", "student"), ("paper", "teacher"), ("paper", "student"),
+                 ("alone", "student")]
+    demo = [sum(wall[run, seed, stage] for run, stage in demo_runs) / 2 / 60 for seed in seeds]
+    tables = sum(v for (run, _, stage), v in wall.items() if stage in ("teacher", "student") and run != "alone")
+    students = sum(v for (_, _, stage), v in wall.items() if stage.startswith("student-"))
+    return demo, tables / 2 / 60, students / 2 / 60
+
+
+def test_time_claims_are_the_committed_runs():
+    """The README's timings are computed here from the committed runs, not copied: a re-run proxy that takes
+    longer fails this test until the README says so."""
+    demo, tables, students = _proxy_minutes()
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    lo, hi = round(min(demo) * 2) / 2, round(max(demo) * 2) / 2  # to the half minute
+    assert f"One seed took {lo:g} to {hi:g} minutes" in readme, (lo, hi)
+    assert f"Tables A-C took {round(tables)} minutes for the 5 seeds" in readme, tables
+    assert f"other student methods {round(students)} minutes" in readme, students

@@ -41,6 +41,13 @@ class NaNObjective(IntraClassContrastive):
         return loss * float("nan") if self.calls > self.nan_at_call else loss
 
 
+class BuggyObjective(IntraClassContrastive):
+    """Test-only objective with a bug: an internal check fails with a plain ValueError (not the user's input)."""
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        raise ValueError("internal invariant broken: 3 rows for 2 views")
+
+
 # 4 steps an epoch (128 images, batch 32): the 6th objective call is global step 5 = epoch 1, batch 1.
 NAN_AT_STEP_5 = '{"class_path": "test_errors.NaNObjective", "init_args": {"nan_at_call": 5}}'
 
@@ -224,6 +231,30 @@ def test_debug_flag_shows_the_traceback(outcomes: dict):
     proc = outcomes[DEBUG]
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "TeacherCheckpointError" in proc.stderr
+
+
+def test_a_bug_keeps_its_traceback_and_says_it_is_a_bug(tmp_path):
+    # A ValueError that is no user error (here: an internal check of an objective) is not printed as a config
+    # mistake: its traceback stays, and one line says it is a bug to report.
+    buggy = '{"class_path": "test_errors.BuggyObjective"}'
+    proc = run_cli(teacher_args(tmp_path / "run", f"--model.objective={buggy}", epochs=1), check=False,
+                   env={"PYTHONPATH": str(TESTS)})
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "internal invariant broken" in proc.stderr
+    assert PREFIX not in proc.stderr  # not "kd-lightning: error: ...", the user-error line
+    assert proc.stderr.strip().splitlines()[-1].startswith("kd-lightning: this is not a problem with your input but "
+                                                           "a bug")
+    assert "issue tracker" in proc.stderr
+
+
+def test_user_errors_share_one_base_class():
+    from kd_lightning.data.download import DatasetDownloadError
+    from kd_lightning.exceptions import ConfigFileError, KDLightningError, NonFiniteLossError
+    from kd_lightning.modules.frozen_teacher import TeacherCheckpointError
+    from kd_lightning.utils.checkpoint import CheckpointError
+
+    for cls in (DatasetDownloadError, ConfigFileError, NonFiniteLossError, TeacherCheckpointError, CheckpointError):
+        assert issubclass(cls, KDLightningError), cls
 
 
 # --- non-finite loss -------------------------------------------------------------------------------------------------

@@ -263,7 +263,7 @@ def test_builder_on_hand_made_results(hand_made_runs, tmp_path):
     out = tmp_path / "results"
     code = ablations_main(["build", "margin", "--data", "synthetic", "--seeds", "0", "1", "2",
                            "--runs", str(hand_made_runs), "--out", str(out)])
-    assert code == 1  # written, but the table is not complete
+    assert code == 0  # written: `build` rebuilds what exists; the incomplete runs are listed on stderr
     md = (out / "margin.md").read_text()
     # mean ± sample std over three seeds, in %, computed here by hand: teacher 80, 82, 84; student 70, 73, 76.
     t_mean, t_std = statistics.fmean([80, 82, 84]), statistics.stdev([80, 82, 84])
