@@ -1,4 +1,4 @@
-"""CRDLoss (Tian et al. 2020; docs/method.md Â§5) against a naive loop, its memory, and CRD students through the CLI.
+"""CRDLoss (Tian et al. 2020; docs/method.md §5) against a naive loop, its memory, and CRD students through the CLI.
 
 The naive NCE works from python floats with math.exp/log, a fixed small memory, fixed heads and fixed negatives.
 End to end: DKD, DIST and CRD students train through `kd-lightning fit`; CRD's memory is identical on 2 gloo DDP

@@ -10,7 +10,7 @@ import torch
 from fixtures_data import find_crop_flip, unnormalise, write_cifar100
 from kd_lightning.data.cifar import CIFAR100_MEAN, CIFAR100_STD, CIFAR100DataModule
 
-MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # docs/method.md Â§6, typed in again on purpose
+MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # docs/method.md §6, typed in again on purpose
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from PIL import Image
 from fixtures_data import find_crop_flip, unnormalise, write_tiny_imagenet
 from kd_lightning.data.tiny_imagenet import TinyImageNetDataModule
 
-MEAN, STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)  # docs/method.md Â§6, typed in again on purpose
+MEAN, STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)  # docs/method.md §6, typed in again on purpose
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""KDLoss (docs/method.md Â§5) and RKDLoss (Park et al. 2019) against naive loops written from the formulas."""
+"""KDLoss (docs/method.md §5) and RKDLoss (Park et al. 2019) against naive loops written from the formulas."""
 from __future__ import annotations
 
 import math

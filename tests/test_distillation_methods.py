@@ -1,4 +1,4 @@
-"""DKDLoss and DISTLoss (docs/method.md Â§5) against naive loops over the papers' formulas, and their students.
+"""DKDLoss and DISTLoss (docs/method.md §5) against naive loops over the papers' formulas, and their students.
 
 The naive versions use python floats, math.exp/log and loops over samples and classes: none of the implementation's
 vectorised code. CRD has its own file (tests/test_crd.py).

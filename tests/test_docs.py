@@ -524,7 +524,7 @@ def test_docstring_commands_of_the_ablations_cli_work(tmp_path: Path):
 
 
 def test_docs_are_clean_utf8():
-    """No double-encoded UTF-8 (`Â§` for §, `Ã©` for é): what a Latin-1 round trip leaves behind."""
+    """No double-encoded UTF-8 (`§` for §, `Ã©` for é): what a Latin-1 round trip leaves behind."""
     hits = [f"{doc.relative_to(ROOT)}:{n}: {line.strip()[:100]}" for doc in DOCS
             for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1)
             if re.search("[\u00c2\u00c3][\u0080-\u00bf]", line)]

@@ -1,4 +1,4 @@
-"""MarginGate (docs/method.md Â§3.2) and ClassMemory (docs/method.md Â§4) against naive python models."""
+"""MarginGate (docs/method.md §3.2) and ClassMemory (docs/method.md §4) against naive python models."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The contrastive objectives against docs/method.md Â§3.1, written out as naive loops (no call into the implementation).
+"""The contrastive objectives against docs/method.md §3.1, written out as naive loops (no call into the implementation).
 
 The reference runs in float64 on per-element torch scalars (so autograd gives a reference gradient too); the
 implementation runs in float32. The memory the reference sees is a plain python model of "the Q most recent entries
@@ -84,7 +84,7 @@ def python_memory_model(emb, labels, ids, q):
 
 
 def naive_anchor_losses(kind, z, labels, ids, memory_entries, tau):
-    """ℓ_i for every anchor by docs/method.md Â§3.1, with explicit loops; z is a float64 tensor (may require grad)."""
+    """ℓ_i for every anchor by docs/method.md §3.1, with explicit loops; z is a float64 tensor (may require grad)."""
     labels, ids = [int(v) for v in labels], [int(v) for v in ids]
     m = z.shape[0]
     n = m // 2

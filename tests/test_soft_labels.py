@@ -1,4 +1,4 @@
-"""The soft-label statistics and the view accuracies (docs/method.md Â§8), pinned to naive loops over their definitions."""
+"""The soft-label statistics and the view accuracies (docs/method.md §8), pinned to naive loops over their definitions."""
 from __future__ import annotations
 
 import math

@@ -243,7 +243,7 @@ def md_row(md: str, label: str, section: int = 0) -> list[str]:
 
 
 def naive_interval(diffs: list[float], t: float) -> tuple[float, float, float]:
-    """mean, low, high of the 95% Student-t interval, from its definition (docs/method.md Â§9)."""
+    """mean, low, high of the 95% Student-t interval, from its definition (docs/method.md §9)."""
     n = len(diffs)
     mean = sum(diffs) / n
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))

@@ -2,7 +2,7 @@
 
 Per seed (the seed drives both the generated set and the networks): generate the set with
 kd_lightning.data.synthetic, train a teacher with cross-entropy, then the same student architecture twice from the
-same initialisation and batch order: with KD (docs/method.md Â§5: alpha CE + beta T^2 KL, T 4, alpha 0.1, beta 0.9) and
+same initialisation and batch order: with KD (docs/method.md §5: alpha CE + beta T^2 KL, T 4, alpha 0.1, beta 0.9) and
 alone (CE). SGD (momentum 0.9, weight decay 5e-4, lr 0.05, cosine), batch 128. Reports test accuracy overall, on
 single-view images (those that show one feature of their class) and on the rest, and wall and CPU seconds.
 Training batches are built exactly as SyntheticDataModule builds them for augment="noise" / "none".
@@ -74,7 +74,7 @@ def build(name: str, num_classes: int) -> nn.Module:
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch (docs/method.md Â§5)."""
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch (docs/method.md §5)."""
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     p_t = F.softmax(teacher_logits / temperature, dim=1)
     return temperature**2 * F.kl_div(log_p_s, p_t, reduction="batchmean")

@@ -25,7 +25,7 @@ from kd_lightning.exceptions import UserFileError, UserValueError
 
 DATASETS = ("synthetic", "cifar100", "tiny_imagenet")
 PROXY = ROOT / "configs" / "demo"
-#: The pair each real data set runs when PAIR is not given (docs/method.md Â§6's headline pair for CIFAR-100).
+#: The pair each real data set runs when PAIR is not given (docs/method.md §6's headline pair for CIFAR-100).
 DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "resnet8x4"), "tiny_imagenet": ("resnet18", "mobilenetv2")}
 
 

@@ -97,7 +97,7 @@ class TeacherRun:
 
 #: Keys outside model.init_args are named with this prefix in TeacherRun.changes (e.g. "=trainer.max_epochs").
 _OUTSIDE_MODEL = "="
-#: With no contrastive term these change no gradient (docs/method.md Â§3): a plain CE teacher whatever they say.
+#: With no contrastive term these change no gradient (docs/method.md §3): a plain CE teacher whatever they say.
 _CONTRASTIVE_ONLY = ("objective.", "contrastive_weight", "gate_delta", "gate_space", "memory_size", "projection_dim",
                      "gather_distributed")
 

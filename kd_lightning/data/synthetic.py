@@ -1,6 +1,6 @@
 """The built-in synthetic dataset: multi-view images generated from a seed (no files, no download).
 
-Why this structure (docs/method.md Â§1): KD helps when samples of one class really differ, i.e. when a class is made
+Why this structure (docs/method.md §1): KD helps when samples of one class really differ, i.e. when a class is made
 of several distinct features ("views") and images show only some of them. Here every class owns `features_per_class`
 random colour-texture patches. An image of class y shows a random non-empty subset of y's patches (each present
 with probability `feature_prob`; images that show exactly one are the "single-view" images), each at a random
@@ -320,7 +320,7 @@ class SyntheticDataModule(KDDataModule):
     @property
     def test_single_view(self) -> Optional[torch.Tensor]:
         """[test_size] bool, indexed by test id: images showing exactly one feature of their class. The modules
-        split test accuracy by it (`test/acc_single_view`, `test/acc_multi_view`; docs/method.md Â§8)."""
+        split test accuracy by it (`test/acc_single_view`, `test/acc_multi_view`; docs/method.md §8)."""
         return None if self.test_set is None else self.test_set.single_view
 
     # --- transforms ----------------------------------------------------------------------------------------------

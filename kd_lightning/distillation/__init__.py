@@ -1,4 +1,4 @@
-"""Student-side losses (docs/method.md Â§5): the distillation term (KD, DKD, DIST or CRD) and the optional RKD.
+"""Student-side losses (docs/method.md §5): the distillation term (KD, DKD, DIST or CRD) and the optional RKD.
 
 Every distillation term is a `DistillationObjective`, chosen by class path as `StudentModule(distillation=...)`.
 """

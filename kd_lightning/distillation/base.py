@@ -1,4 +1,4 @@
-"""What every student-side distillation term shares (docs/method.md Â§5): one call the student makes, whatever the term.
+"""What every student-side distillation term shares (docs/method.md §5): one call the student makes, whatever the term.
 
 Each loss keeps its own tensor signature (`KDLoss()(student_logits, teacher_logits)`, `DKDLoss()(..., labels)`,
 `CRDLoss()(student_pooled, teacher_pooled, ids)`), so it can be used and tested on tensors alone. The student only

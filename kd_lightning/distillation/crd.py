@@ -1,4 +1,4 @@
-"""Contrastive representation distillation (Tian et al., ICLR 2020; docs/method.md Â§5, "CRD").
+"""Contrastive representation distillation (Tian et al., ICLR 2020; docs/method.md §5, "CRD").
 
 The student's and the teacher's pooled embeddings go through linear heads to D = 128 and are L2-normalised. For an
 anchor image i with embedding v and a memory row r_j (the other network's embedding of image j, crd_memory.py), the

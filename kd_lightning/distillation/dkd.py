@@ -1,4 +1,4 @@
-"""Decoupled knowledge distillation (Zhao et al., CVPR 2022; docs/method.md Â§5, "DKD")."""
+"""Decoupled knowledge distillation (Zhao et al., CVPR 2022; docs/method.md §5, "DKD")."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Hinton et al.'s knowledge-distillation loss (docs/method.md Â§5)."""
+"""Hinton et al.'s knowledge-distillation loss (docs/method.md §5)."""
 from __future__ import annotations
 
 import torch
@@ -14,7 +14,7 @@ class KDLoss(DistillationObjective):
     The T² factor keeps the gradient scale independent of T. Teacher logits are detached: the teacher is frozen.
 
     Args:
-        temperature: T, must be > 0 (docs/method.md Â§6 default 4).
+        temperature: T, must be > 0 (docs/method.md §6 default 4).
     """
 
     def __init__(self, temperature: float = 4.0) -> None:

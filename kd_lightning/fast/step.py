@@ -2,7 +2,7 @@
 
 One optimizer step (`_one_step`) is: gradients to None, the module's own `training_loss` (the very function the
 standard path uses, so the recipe cannot drift), backward, `InStepSGD.update()`, the module's
-`after_optimizer_step()` (the teacher's memory enqueue, after the update as docs/method.md Â§4 says), and the device-side
+`after_optimizer_step()` (the teacher's memory enqueue, after the update as docs/method.md §4 says), and the device-side
 metric update. Depending on the options it runs:
 
 - eagerly (CPU, tests, or `cuda_graph=False` without compile);

@@ -23,7 +23,7 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
     Args:
         backbone: a name from `kd_lightning.models.MODEL_NAMES`.
         num_classes: linked from the datamodule by the CLI.
-        lr: SGD learning rate at a global batch of `data.batch_size` (docs/method.md Â§6: 0.05; 0.01 for
+        lr: SGD learning rate at a global batch of `data.batch_size` (docs/method.md §6: 0.05; 0.01 for
             MobileNetV2 / ShuffleNet).
         momentum: SGD momentum.
         weight_decay: L2 weight decay on every parameter (as the CRD recipe does).
@@ -38,7 +38,7 @@ class ClassifierModule(FastPathMixin, pl.LightningModule):
         cuda_graph: fast path: capture the whole step in one CUDA graph (GPU only).
         steps_per_batch: fast path: optimizer steps per training batch (needs data.gpu_resident=true when > 1).
         soft_label_temperature: T of the soft labels p = softmax(o / T) whose test-set statistics are logged
-            (`test/soft_intra_var`, `test/soft_nontarget_mass`, `test/soft_entropy`; docs/method.md Â§8): the KD
+            (`test/soft_intra_var`, `test/soft_nontarget_mass`, `test/soft_entropy`; docs/method.md §8): the KD
             temperature, 4, so that they describe what a student is taught.
     """
 

@@ -1,4 +1,4 @@
-"""Embedding geometry of docs/method.md Â§8 as a torchmetrics Metric (so it syncs across DDP ranks).
+"""Embedding geometry of docs/method.md §8 as a torchmetrics Metric (so it syncs across DDP ranks).
 
     D_intra = mean_c mean_{i in c} ||f_i - mu_c||^2,  D_inter = mean_{c != c'} ||mu_c - mu_c'||^2,  R = D_intra / D_inter
 

@@ -1,4 +1,4 @@
-"""What the paper claims the teacher changes: its soft labels (docs/method.md Â§8), as torchmetrics Metrics (DDP-synced).
+"""What the paper claims the teacher changes: its soft labels (docs/method.md §8), as torchmetrics Metrics (DDP-synced).
 
 With p_i = softmax(o_i / T) at the KD temperature T, on the evaluated set:
     soft_intra_var      = mean_c mean_{i in c} ||p_i - p̄_c||²    (p̄_c the class mean of p)
@@ -7,7 +7,7 @@ With p_i = softmax(o_i / T) at the KD temperature T, on the evaluated set:
 Only sums are kept (per-class sums of p and of ||p||², counts, and two running totals): exact and constant in
 memory, as EmbeddingGeometry does for the embeddings. Classes absent from the set are left out of the class mean.
 
-`ViewAccuracy` splits test accuracy by a per-image flag (the synthetic set's single-view images, docs/method.md Â§8).
+`ViewAccuracy` splits test accuracy by a per-image flag (the synthetic set's single-view images, docs/method.md §8).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The student: distilled from a frozen teacher with a pluggable distillation term (+ optional RKD), docs/method.md Â§5."""
+"""The student: distilled from a frozen teacher with a pluggable distillation term (+ optional RKD), docs/method.md §5."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional

@@ -1,4 +1,4 @@
-"""The teacher: cross-entropy plus a margin-gated contrastive term on two views (docs/method.md Â§3-4)."""
+"""The teacher: cross-entropy plus a margin-gated contrastive term on two views (docs/method.md §3-4)."""
 from __future__ import annotations
 
 from typing import Any, Literal, Optional
@@ -31,7 +31,7 @@ class TeacherModule(ClassifierModule):
         gate_space: "prob" (margin of softmax probabilities, default) or "logit".
         memory_size: Q, the per-class FIFO of past first-view embeddings used as extra candidates; 0 disables it.
         projection_dim: optional linear head on the pooled embedding before normalisation (None: no head, as
-            docs/method.md Â§2 defaults).
+            docs/method.md §2 defaults).
         gather_distributed: under DDP, contrast against the whole global batch (gradient-correct all-gather);
             false contrasts within each rank's rows. The memory is filled from all ranks' rows either way.
         lr, momentum, weight_decay, lr_milestones, lr_decay, check_finite: see ClassifierModule.
@@ -113,7 +113,7 @@ class TeacherModule(ClassifierModule):
         loss = loss_ce + self.contrastive_weight * loss_con
         memory_rows = (z.detach(), labels2, ids2)
         if memory is not None and not self.gather_distributed:
-            # The memory is global whatever the pool (docs/method.md Â§4): gather all ranks' rows, or the ranks' memories
+            # The memory is global whatever the pool (docs/method.md §4): gather all ranks' rows, or the ranks' memories
             # diverge (and DDP's buffer broadcast would then silently keep rank 0's and drop the others' rows).
             memory_rows = gather_rows(*memory_rows)
         half = memory_rows[0].shape[0] // 2  # first view of every image (of every rank once gathered)
@@ -124,7 +124,7 @@ class TeacherModule(ClassifierModule):
         self.after_optimizer_step()  # [fast path] there it already ran inside every step: nothing is pending
 
     def after_optimizer_step(self) -> None:
-        # After the optimizer step (docs/method.md Â§4): the current batch never sees itself in the memory.
+        # After the optimizer step (docs/method.md §4): the current batch never sees itself in the memory.
         if self._pending_memory is not None and self.memory.size_per_class > 0:
             self.memory.enqueue(*self._pending_memory)
         self._pending_memory = None

@@ -1,4 +1,4 @@
-"""The shared machinery of every teacher-side contrastive objective (docs/method.md Â§3.1).
+"""The shared machinery of every teacher-side contrastive objective (docs/method.md §3.1).
 
 An objective sees the [M, D] L2-normalised embeddings of both views of N = M/2 images (row i and row i + N are the two
 views of image i), builds for every anchor i the candidate pool
@@ -49,7 +49,7 @@ class ContrastiveObjective(nn.Module):
     """Base class: builds the candidate pool and the weighted mean; subclasses define ℓ_i in `anchor_losses`.
 
     Args:
-        temperature: τ in s_ij = z_i · z_j / τ; must be > 0 (docs/method.md Â§6 default 0.1).
+        temperature: τ in s_ij = z_i · z_j / τ; must be > 0 (docs/method.md §6 default 0.1).
     """
 
     def __init__(self, temperature: float = 0.1) -> None:
@@ -62,7 +62,7 @@ class ContrastiveObjective(nn.Module):
         return f"temperature={self.temperature}"
 
     def anchor_losses(self, pool: CandidatePool) -> Tensor:
-        """ℓ_i for every anchor, [M] float32. Subclasses implement the formula of docs/method.md Â§3.1 here."""
+        """ℓ_i for every anchor, [M] float32. Subclasses implement the formula of docs/method.md §3.1 here."""
         raise NotImplementedError
 
     def forward(

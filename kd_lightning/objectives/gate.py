@@ -1,4 +1,4 @@
-"""The margin gate (docs/method.md Â§3.2): the contrastive term only acts on samples already classified with a margin."""
+"""The margin gate (docs/method.md §3.2): the contrastive term only acts on samples already classified with a margin."""
 from __future__ import annotations
 
 from typing import Literal, Optional

@@ -1,4 +1,4 @@
-"""Supervised contrastive objective (Khosla et al. 2020, "L_out"; docs/method.md Â§3.1, row "inter-class")."""
+"""Supervised contrastive objective (Khosla et al. 2020, "L_out"; docs/method.md §3.1, row "inter-class")."""
 from __future__ import annotations
 
 from torch import Tensor

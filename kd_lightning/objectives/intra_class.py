@@ -1,4 +1,4 @@
-"""The intra-class contrastive objective of the paper (docs/method.md Â§3.1, row "intra-class")."""
+"""The intra-class contrastive objective of the paper (docs/method.md §3.1, row "intra-class")."""
 from __future__ import annotations
 
 from torch import Tensor

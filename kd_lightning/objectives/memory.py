@@ -1,4 +1,4 @@
-"""The per-class memory of negatives ("pipeline caching", docs/method.md Â§4)."""
+"""The per-class memory of negatives ("pipeline caching", docs/method.md §4)."""
 from __future__ import annotations
 
 import torch

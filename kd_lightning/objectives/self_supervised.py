@@ -1,4 +1,4 @@
-"""SimCLR's NT-Xent (Chen et al. 2020; docs/method.md Â§3.1, row "self-supervised")."""
+"""SimCLR's NT-Xent (Chen et al. 2020; docs/method.md §3.1, row "self-supervised")."""
 from __future__ import annotations
 
 from torch import Tensor
