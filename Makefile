@@ -31,8 +31,19 @@ lock: ## Rewrite constraints.txt from what .venv holds (after deliberately chang
 demo: install ## The paper's comparison: CE vs intra-class teacher -> KD student, and the student alone (synthetic, CPU)
 	$(PY) experiments/demo.py --seeds $(SEEDS) --runs '$(RUNS)'
 
-test: install ## Run the test suite
-	$(VENV)/bin/pytest -q
+# W&B's sweep engine (the `sweeps` package, what `wandb sweep` runs server-side) pins numpy<2, so it gets a venv of its
+# own; tests/test_sweeps.py runs it on the committed sweep files.
+SWEEPS_VENV ?= .venv-sweeps
+$(SWEEPS_VENV)/.installed:
+	test -x $(SWEEPS_VENV)/bin/python || $(PYTHON) -m venv $(SWEEPS_VENV)
+	$(SWEEPS_VENV)/bin/python -m pip install -qq sweeps==0.3.0
+	touch $@
+
+# Two pytest workers (pytest-xdist) on the 2-core machines the suite is sized for; a file's tests stay in one worker, so
+# its module fixtures (a trained grid, the Slurm daemons) are built once. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+test: install $(SWEEPS_VENV)/.installed ## Run the test suite (TEST_WORKERS=2 processes)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean: ## Remove run outputs (runs/); keeps results/ (the built tables) and .venv
 	rm -rf runs lightning_logs wandb

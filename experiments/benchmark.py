@@ -16,10 +16,10 @@ peak GPU memory, and the projected wall time of the full recipe (240 teacher + 2
 batch 64, evaluation and checkpoints included). CIFAR-100 cannot be downloaded here: random uint8 images are written
 in the real on-disk format (the python release's pickles), so every path reads real files.
 
-    python experiments/benchmark.py                 # full run on a GPU (about 3-6 minutes on an H100)
+    python experiments/benchmark.py                 # full run on a GPU (--budget-s, 420 s by default, bounds it)
     python experiments/benchmark.py --smoke         # tiny CPU version: checks that everything runs (CI)
 
-Writes experiments/results/bench-<gpu>-<date>.json (rows exactly as the issue specifies) after every row, and
+Writes experiments/results/bench-<gpu>-<date>.json (device, torch, date, full_recipe_minutes, arm_settings, rows) after every row, and
 bench-<gpu>-<date>.details.json with everything measured (per-path timings, epoch overheads, variants, errors).
 """
 from __future__ import annotations

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT, TINY_DATA
 
@@ -285,12 +286,13 @@ def test_frozen_teacher_is_never_wrapped_updated_or_trained(student_runs):
 
 
 # --- SyncBatchNorm -----------------------------------------------------------------------------------------------------
-def test_sync_batchnorm_on_cpu_fails_with_one_clear_message(tmp_path):
-    """torch's SyncBatchNorm is GPU-only: DDP refuses it at wrap time. One process under the ddp strategy takes the
-    same path as two (with two, each rank prints the line) and is cheaper."""
+def test_sync_batchnorm_on_cpu_is_turned_off_and_recorded(tmp_path):
+    """torch's SyncBatchNorm is GPU-only (DDP refuses it at wrap time on CPU tensors), so on the CPU the CLI keeps
+    each process's own BatchNorm, even when asked explicitly, and the saved config says so (the table runner then
+    counts the world size in the run's identity). One process under the ddp strategy takes the wrap path of two."""
     (proc,) = run_together(teacher_cmd(tmp_path / "sbn", False, "--trainer.accelerator=cpu", "--trainer.devices=1",
                                        "--trainer.strategy=ddp", "--trainer.sync_batchnorm=true",
                                        "--trainer.logger=false"))
-    assert proc.returncode == 1
-    assert "kd-lightning: error: SyncBatchNorm layers only work with GPU modules" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = yaml.safe_load((tmp_path / "sbn" / "config.yaml").read_text())
+    assert saved["trainer"]["sync_batchnorm"] is False

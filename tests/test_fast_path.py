@@ -105,6 +105,9 @@ def train_both(stage: str, data_dir: str, teacher_ckpt: Optional[str], fast_kwar
 
 
 def assert_same_state(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-6) -> None:
+    # Default atol 1e-6 / rtol 1e-5: both paths run the same CPU kernels in the same order, but Lightning's automatic
+    # optimization wraps backward in its closure and the fast path calls it directly, so the float32 gradients may
+    # be summed in another order across threads (~1e-7 relative per op); 5 steps stay far inside 1e-5.
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for key in sa:
@@ -124,7 +127,7 @@ def test_fast_path_equals_standard_path(stage, cifar_dir, teacher_ckpt):
     assert_same_state(std, fast)  # weights, BN statistics and (teacher) the memory after 5 updates
     for name in ("train/loss", "train/loss_ce"):  # the logged epoch means agree
         assert math.isclose(float(std_trainer.callback_metrics[name]), float(fast_trainer.callback_metrics[name]),
-                            rel_tol=1e-5), name
+                            rel_tol=1e-5), name  # epoch means of 5 float32 losses: as assert_same_state
     if stage == "teacher":
         assert int(fast.memory.count.sum()) == int(std.memory.count.sum()) == 5 * BATCH  # every step enqueued
         assert fast._pending_memory is None
@@ -161,6 +164,8 @@ def test_compiled_loss_matches_eager(cifar_dir):
     compiled = make_module("student", fast=True, ce_weight=1.0, kd_weight=0.0, compile="eager")
     trainer, _ = fit(compiled, cifar(cifar_dir), max_steps=3)
     assert trainer.global_step == 3
+    # atol 1e-5: the "eager" backend runs the same kernels, but dynamo's functionalized graph may order the
+    # backward's accumulations differently (float32 summation order over 3 steps; 1e-5 is ~100x that spread).
     assert_same_state(eager, compiled, atol=1e-5)
 
 
@@ -205,6 +210,8 @@ def test_in_step_sgd_is_torch_sgd_with_a_device_learning_rate():
         ours.sync_lr()
         assert isinstance(ours.param_groups[0]["lr"], float)  # what schedulers and checkpoints see
         assert float(ours._lr_tensors[0]) == pytest.approx(ours.param_groups[0]["lr"])
+    # atol 1e-7: the same torch SGD kernel on the same inputs; only the lr's float32-tensor vs Python-float multiply
+    # can round differently (one ulp of values ~1).
     assert torch.allclose(ref_p, ours_p, atol=1e-7)
     assert float(ours._lr_tensors[0]) == pytest.approx(0.005)
 
@@ -291,7 +298,8 @@ def test_captured_step_replays_real_steps():
 @pytest.mark.parametrize("stage", ["teacher", "student"])
 def test_cuda_graph_fast_path_matches_standard_path(stage, cifar_dir, teacher_ckpt):
     results = []
-    for kwargs in ({}, {"fast": True, "steps_per_batch": 2}):
+    # K=1: the same batches and the same augmentation draws as the standard path, so each loss part must agree.
+    for kwargs in ({}, {"fast": True, "steps_per_batch": 1}):
         pl.seed_everything(0, verbose=False)
         module = make_module(stage, teacher_ckpt, **kwargs)
         trainer = pl.Trainer(accelerator="gpu", devices=1, logger=False, enable_checkpointing=False,
@@ -302,11 +310,14 @@ def test_cuda_graph_fast_path_matches_standard_path(stage, cifar_dir, teacher_ck
     (std, std_trainer), (fast, fast_trainer) = results
     assert fast.fast_path.captured is not None and fast.fast_path.captured.captured  # the graph really ran
     assert std_trainer.global_step == fast_trainer.global_step == 12
-    # Same batches; the augmentation draws differ (K images per draw), so compare what must agree exactly or in
-    # distribution: step counts, memory fill, finite and close epoch losses.
-    assert math.isfinite(float(fast_trainer.callback_metrics["train/loss"]))
-    assert float(fast_trainer.callback_metrics["train/loss"]) == pytest.approx(
-        float(std_trainer.callback_metrics["train/loss"]), rel=0.1)
+    # Each part separately: λ·ℓ_contrastive is ~3% of the teacher's loss and a total at rel 0.1 would miss it.
+    # rel 1e-3: fp32 on both paths, same data and draws; what differs is cuDNN's algorithm choice (autotuned or
+    # not, atomics-based backward) i.e. float32 summation order, ~1e-6 relative per op, grown over 12 SGD steps.
+    parts = ("loss_ce", "loss_contrastive") if stage == "teacher" else ("loss_ce", "loss_kd")
+    for name in ("loss", *parts):
+        key = f"train/{name}"
+        fast_value, std_value = float(fast_trainer.callback_metrics[key]), float(std_trainer.callback_metrics[key])
+        assert math.isfinite(fast_value) and fast_value == pytest.approx(std_value, rel=1e-3), key
     if stage == "teacher":
         assert int(fast.memory.count.sum()) == int(std.memory.count.sum())
 
@@ -316,6 +327,8 @@ def test_cuda_graph_fast_path_matches_standard_path(stage, cifar_dir, teacher_ck
 def test_cuda_graph_step_equals_eager_step(precision, atol, cifar_dir):
     # Same data and draws (K=1): the graph-replayed fast path equals the eager fast path up to float rounding
     # (the replays run the kernels the eager steps ran; cuDNN may pick its atomics-based algorithms in both).
+    # atol 1e-4 (fp32): atomics reorder float32 sums (~1e-6 per step) over 6 steps; 2e-3 (bf16): bf16 keeps 8 bits
+    # of mantissa (~4e-3 relative), only activations are bf16 and weights stay fp32, so 6 steps stay within 2e-3.
     states = []
     for graph in (False, True):
         pl.seed_everything(0, verbose=False)
@@ -340,7 +353,8 @@ def test_benchmark_smoke_writes_the_result_file(tmp_path):
     main = [f for f in files if not f.name.endswith(".details.json")]
     assert len(main) == 1
     data = json.loads(main[0].read_text())
-    assert set(data) == {"device", "torch", "date", "full_recipe_minutes", "rows"}
+    assert set(data) == {"device", "torch", "date", "full_recipe_minutes", "arm_settings", "rows"}
+    assert data["arm_settings"]["cudnn_benchmark"] is True and data["arm_settings"]["input_layout"] == "NCHW"
     assert [(r["stage"], r["batch"]) for r in data["rows"]] == [("teacher", 16), ("student", 16)]
     for row in data["rows"]:
         assert set(row) == {"stage", "batch", "limit_img_s", "framework_img_s", "classic_img_s",

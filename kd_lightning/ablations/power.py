@@ -1,5 +1,5 @@
 """How far a paired comparison can see: the smallest true difference it detects with 80% power, and the seeds a
-given difference needs (issue 19).
+given difference needs.
 
 The test is the one the tables report: a two-sided paired t-test at α = 0.05 on the per-seed differences d_s
 (docs/method.md §9). Under a true mean difference δ, with the differences' standard deviation σ and n seeds, the statistic

@@ -1,4 +1,4 @@
-"""Published CIFAR-100 top-1 accuracies for the standard teacher -> student pairs, with their sources (issue 19).
+"""Published CIFAR-100 top-1 accuracies for the standard teacher -> student pairs, with their sources.
 
 A table built on `cifar100` shows, for a pair listed here, the published number of its row's method beside ours and
 the difference; tables on other data (the synthetic proxy) say that no published number applies.

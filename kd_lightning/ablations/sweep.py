@@ -176,7 +176,7 @@ def print_configs(recipe: Recipe, jobs: list[Job], runs: Path, which: str = "bot
             print("---", flush=True)
         os.chdir(ROOT)
         args = command[command.index("fit"):] + ["--print_config"]
-        sys.argv = ["kd-lightning", *args]  # as if typed: LightningCLI warns when args and sys.argv differ
+        sys.argv = ["kd-lightning"]  # LightningCLI warns whenever it gets args while sys.argv has arguments
         try:
             cli_main(args)
         except SystemExit as stop:

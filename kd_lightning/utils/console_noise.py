@@ -6,6 +6,7 @@ prints. Installed where the CLI starts (KDLightningCLI.__init__), in every proce
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Iterable
 
@@ -27,10 +28,21 @@ class _DropLitLoggerTip(logging.Filter):
 _TIP_FILTER = _DropLitLoggerTip()
 
 
+# Lightning's hint on any machine where `srun` exists (a login node, a CI box with Slurm installed), printed twice
+# per run. Outside a Slurm allocation it says nothing about the run (our Slurm launcher, kd_lightning/ablations/
+# slurm.py, starts ranks with srun itself); inside one (SLURM_JOB_ID set) it can warn of a real mistake, so it stays.
+SRUN_HINT = r"The `srun` command is available on your system but is not used"
+
+
 def silence_known_noise() -> None:
     """Installs the filters (idempotent: filterwarnings and addFilter ignore repeats)."""
     for message, category, module in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    if "SLURM_JOB_ID" not in os.environ:
+        from lightning_fabric.utilities.warnings import PossibleUserWarning
+
+        warnings.filterwarnings("ignore", message=SRUN_HINT, category=PossibleUserWarning,
+                                module=r"lightning_fabric\.plugins\.environments\.slurm")
     # The logger Lightning's rank_zero_info writes to (pytorch_lightning points lightning_utilities' at its own).
     from pytorch_lightning.utilities.rank_zero import rank_zero_module
 
