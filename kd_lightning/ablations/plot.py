@@ -80,7 +80,8 @@ def plot(rows: list[RowResult], title: str, info: dict[str, str]) -> bytes:
     axes[1].set_title("test loss, last epoch", fontsize=9)
     for ax in axes[:2]:
         ax.set_ylim(top=ax.get_ylim()[1] * 1.18)  # head room for the legend above the bars
-        ax.legend(fontsize=7, loc="upper center", ncol=3)
+        if ax.get_legend_handles_labels()[0]:  # a table with no such rows draws none (and matplotlib would warn)
+            ax.legend(fontsize=7, loc="upper center", ncol=3)
     ax = axes[2]
     for r in rows:
         series = r.stages["teacher"].per_epoch("train/gate_open")
@@ -90,7 +91,8 @@ def plot(rows: list[RowResult], title: str, info: dict[str, str]) -> bytes:
     ax.set_xlabel("epoch")
     ax.set_ylabel("open gates (% of training rows)")
     ax.set_title("teacher: open-gate fraction per epoch (mean over seeds)", fontsize=9)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     _bars(axes[3], rows, "last", "test/ratio", 1.0, stages=("teacher",))
     axes[3].set_ylabel("R = D_intra / D_inter")
     axes[3].set_title("teacher test-set geometry, last epoch", fontsize=9)
