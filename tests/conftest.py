@@ -51,6 +51,10 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.numeric)
 
 
+#: CUDA-only tests: skipped on the CPU with this reason; experiments/gpu_check.sh runs them on a GPU.
+needs_cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(),
+                                reason="needs a CUDA device (run by experiments/gpu_check.sh)")
+
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false"]
 
 

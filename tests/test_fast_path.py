@@ -17,6 +17,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import needs_cuda
 from fixtures_data import write_cifar100
 from kd_lightning.data import CIFAR100DataModule, SyntheticDataModule
 from kd_lightning.fast import CapturedStep, DeviceMetrics, InStepSGD
@@ -274,10 +275,9 @@ def test_fast_overlay_composes_with_the_stage_configs(tmp_path, monkeypatch):
 
 
 # ---- CUDA: the captured graph (run on a GPU by experiments/gpu_check.sh) -------------------------------------------
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@cuda
+@needs_cuda
 def test_captured_step_replays_real_steps():
     x = torch.zeros(4, device="cuda")
     counter = torch.zeros((), device="cuda")
@@ -294,7 +294,7 @@ def test_captured_step_replays_real_steps():
     assert float(counter) == sum(4 * i for i in range(6)) + 3
 
 
-@cuda
+@needs_cuda
 @pytest.mark.parametrize("stage", ["teacher", "student"])
 def test_cuda_graph_fast_path_matches_standard_path(stage, cifar_dir, teacher_ckpt):
     results = []
@@ -322,7 +322,7 @@ def test_cuda_graph_fast_path_matches_standard_path(stage, cifar_dir, teacher_ck
         assert int(fast.memory.count.sum()) == int(std.memory.count.sum())
 
 
-@cuda
+@needs_cuda
 @pytest.mark.parametrize("precision, atol", [("32-true", 1e-4), ("bf16-mixed", 2e-3)])
 def test_cuda_graph_step_equals_eager_step(precision, atol, cifar_dir):
     # Same data and draws (K=1): the graph-replayed fast path equals the eager fast path up to float rounding

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import needs_cuda
 from kd_lightning.distillation import CRDLoss, DISTLoss, DKDLoss, KDLoss
 from kd_lightning.fast.graph import CapturedStep
 from kd_lightning.fast.trace import GRAPH_OFF, GraphUnsafeStepError, traced
@@ -133,10 +134,9 @@ def test_a_failing_capture_stops_with_one_line(monkeypatch):
     assert "\n" not in message and not captured.captured
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by experiments/gpu_check.sh)")
 
 
-@cuda
+@needs_cuda
 def test_cuda_fast_path_traces_then_captures(tmp_path):
     import pytorch_lightning as pl
 

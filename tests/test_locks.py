@@ -2,10 +2,8 @@
 table commands that share a run both finish, the shared run trained once."""
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,24 +11,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from test_tables import TINY, copy_rows
+
 from kd_lightning.ablations import rows
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-TINY = ("--data.num_classes=4 --data.train_size=64 --data.val_size=32 --data.test_size=32 --data.batch_size=32 "
-        "--data.eval_batch_size=32 --model.backbone=resnet8 --trainer.logger=false")
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-
-
-def copy_rows(table: str, names: tuple[str, ...], ablations: Path) -> None:
-    folder = ablations / table
-    folder.mkdir(parents=True)
-    labels = {r.name: r.label for r in rows.load_rows(table)}
-    lines = ["rows:"]
-    for name in names:
-        shutil.copy(rows.rows_dir(table) / f"{name}.yaml", folder)
-        lines += [f"  - name: {name}", f"    label: {json.dumps(labels[name], ensure_ascii=False)}"]
-    (folder / rows.MANIFEST).write_text("\n".join(lines) + "\n")
 
 
 def fits_in(train_log: Path) -> int:

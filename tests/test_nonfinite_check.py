@@ -13,6 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import needs_cuda
 from kd_lightning.fast import DeviceMetrics
 from kd_lightning.fast.flag_ring import FlagRing
 
@@ -98,10 +99,9 @@ def test_device_metrics_poll_reports_the_step_through_the_ring():
     assert "non-finite loss at global step 102" in record.describe()
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by experiments/gpu_check.sh)")
 
 
-@cuda
+@needs_cuda
 def test_cuda_nan_from_a_device_tensor_is_reported_within_the_ring(tmp_path):
     from fixtures_data import write_cifar100
     from kd_lightning.data import CIFAR100DataModule

@@ -514,6 +514,32 @@ def test_table_d_crosses_the_two_teachers_with_every_student_method():
     assert init["distillation_warmup_epochs"] == 2 and init["ce_weight"] == 1.0 and init["backbone"] == "resnet8"
 
 
+def test_a_table_is_built_from_the_seeds_of_its_own_runs(tmp_path):
+    """Tables A-C trained seeds 0-4, Table D's other student methods seeds 0-1: `build` finds 0-4 for Table A and
+    0-1 for Table D, whose KD students and teachers (the plain-CE and paper rows) are Tables A-C's runs."""
+    from kd_lightning.ablations.__main__ import found_seeds
+
+    proxy = recipe.Recipe(data="synthetic")
+
+    def train(tid: str, seeds: range) -> set[str]:
+        keys = set()
+        for seed in seeds:
+            for job in table_jobs([tid], proxy, seed, rows.ABLATIONS):
+                (job.dir(tmp_path) / rows.RESULTS_FILE).parent.mkdir(parents=True, exist_ok=True)
+                (job.dir(tmp_path) / rows.RESULTS_FILE).write_text("{}")
+                keys.add(job.key)
+        return keys
+
+    for tid in ("margin", "contrastive", "lambda"):
+        train(tid, range(5))
+    before = {p for p in tmp_path.rglob(rows.RESULTS_FILE)}
+    train("students", range(2))
+    assert len({p for p in tmp_path.rglob(rows.RESULTS_FILE)} - before) > 0  # Table D has runs of its own
+    assert found_seeds("margin", proxy, tmp_path, rows.ABLATIONS) == [0, 1, 2, 3, 4]
+    assert found_seeds("students", proxy, tmp_path, rows.ABLATIONS) == [0, 1]
+    assert found_seeds("students", proxy, tmp_path, rows.ABLATIONS, seeds=[1, 4]) == [1]
+
+
 def test_table_d_pairs_each_method_with_its_own_plain_ce_teacher_row(tmp_path):
     out = tmp_path / "runs"
     # (CE teacher's student, paper teacher's student) test accuracy per seed, for KD and DKD.

@@ -70,12 +70,19 @@ def build_all(tids: list[str], recipe: Recipe, seeds: list[int], runs: Path, out
 
 
 def found_seeds(tid: str, recipe: Recipe, runs: Path, ablations: Path, seeds: Optional[list[int]] = None) -> list[int]:
-    """The seeds for which at least one of the table's runs has a results.json under `runs` (of `seeds` if given).
+    """The seeds for which at least one of the table's own runs has a results.json under `runs` (of `seeds` if given).
 
-    The table's runs are resolved for seed 0 and looked up as <runs>/<data>/<teacher run>/seed*/<stage>/.
+    Own: not a run of another table too. Tables share runs (Table D's KD students and its two teachers are Tables
+    A-C's plain-CE and paper rows), and a seed trained for another table is not a seed of this one. A table whose
+    runs are all shared counts them all. The runs are resolved for seed 0 and looked up as
+    <runs>/<data>/<teacher run>/seed*/<stage>/.
     """
+    name = parse_table_id(tid)[0]
+    jobs = table_jobs([tid], recipe, 0, ablations)
+    others = {job.key for other in TABLES if other != name for job in table_jobs([other], recipe, 0, ablations)}
+    own = [job for job in jobs if job.key not in others] or jobs
     found = set()
-    for job in table_jobs([tid], recipe, 0, ablations):
+    for job in own:
         for path in job.dir(runs).parent.parent.glob(f"seed*/{job.stage}/{RESULTS_FILE}"):
             digits = path.parent.parent.name[len("seed"):]
             if digits.isdigit():
