@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import sys
 import time
@@ -74,7 +75,10 @@ def _counts(values: list[Any]) -> str:
 
 
 def _all_results(rows: list[RowResult], stage: str) -> list[dict]:
-    return [r for row in rows for r in row.stages[stage].results.values()]
+    """Every run's results.json once: rows share runs (Table D's rows share its two teachers), and a run counted
+    once per row would multiply its training time and run count."""
+    unique = {json.dumps(r, sort_keys=True, default=str): r for row in rows for r in row.stages[stage].results.values()}
+    return list(unique.values())
 
 
 def describe_data(config: dict) -> str:
