@@ -32,6 +32,7 @@ def test_teacher_run_writes_checkpoints_config_and_results(trained_teacher: Path
         # Present in both sections; their values are pinned to naive loops in tests/test_geometry.py.
         assert {"test/d_intra", "test/d_inter", "test/ratio", "test/soft_entropy"} <= set(metrics)
     last = results["last"]
+    # tol: loss and each part are float32 epoch means over 4 steps, rounded apart: ~1e-6 rel; 1e-4 ≪ the 0.05·ℓ_con term
     assert last["train/loss"] == pytest.approx(last["train/loss_ce"] + 0.05 * last["train/loss_contrastive"],
                                                rel=1e-4, abs=1e-6)
     assert 0.0 <= last["train/gate_open"] <= 1.0
@@ -50,6 +51,7 @@ def test_student_distils_from_teacher_checkpoint(trained_teacher: Path, tmp_path
     results = read_results(tmp_path)
     assert results["status"] == "complete" and results["stage"] == "StudentModule"
     last = results["last"]
+    # tol: as for the teacher: float32 epoch means over 4 steps, rounded apart (~1e-6 rel); 1e-4 ≪ a wrong α or β
     assert last["train/loss"] == pytest.approx(0.1 * last["train/loss_ce"] + 0.9 * last["train/loss_kd"], rel=1e-4)
     assert last["train/loss_kd"] >= 0
     assert 0.0 <= results["teacher_val_acc"] <= 1.0
@@ -65,6 +67,7 @@ def test_student_alone_overlay_needs_no_teacher(tmp_path: Path):
     run_cli(student_args(tmp_path, None, "--config", str(ROOT / "configs/student/alone.yaml"), epochs=1))
     results = read_results(tmp_path)
     assert "train/loss_kd" not in results["last"]
+    # tol: loss is 1.0·loss_ce exactly, logged and averaged alike: bit-equal expected; 1e-5 is ~100 float32 ulps
     assert results["last"]["train/loss"] == pytest.approx(results["last"]["train/loss_ce"], rel=1e-5)
 
 

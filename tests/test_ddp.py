@@ -51,7 +51,10 @@ STEPS = 4  # train_size 128 / global batch 32: one epoch
 # ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 (AMD EPYC, torch 2.14.1, 1 thread; teacher of teacher_cmd, 4 steps):
 # losses ≤ 2.0e-7 rel, contrastive term ≤ 3.5e-7 rel, first gradient max |Δ| 1.5e-7 (1.5e-6 of its largest entry),
 # class memory ≤ 2.4e-6 rel (max |Δ| 9.5e-7), trained weights ≤ 5.0e-6 rel per tensor, test d_intra / d_inter 3.3e-6 /
-# 5.8e-6 rel; student of student_cmd: see SPREAD_STUDENT below. Each tolerance leaves >= 10x over it.
+# 5.8e-6 rel. Student of student_cmd (KD + RKD, 4 steps): trained weights up to 1.75% rel, test d_intra 1.2%,
+# d_inter 3.0% (RKD's angle term amplifies the order differences), far too wide to catch a wrong gradient: the
+# student tests therefore compare its first step and the same weights evaluated, never its trained values.
+# Each tolerance leaves >= 10x over the spread it guards.
 # tol: first step: losses 2e-7 rel measured; rtol 1e-5 leaves 50x, atol for the near-0 objective of closed anchors
 TOL = dict(rtol=1e-5, atol=1e-6)
 

@@ -58,6 +58,7 @@ def test_gate_margin_matches_naive_loop():
                 total = sum(math.exp(v) for v in row)
                 row = [math.exp(v) / total for v in row]
             want = row[y] - max(v for j, v in enumerate(row) if j != y)
+            # tol: float32 softmax/logit difference vs float64 loop: a few ulps (rel 1e-5 ≈ 100); abs for margins ≈ 0
             assert margins[i].item() == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 

@@ -77,7 +77,8 @@ def test_paired_difference_text_and_verdict():
     d = stats.PairedDifference(diffs, (0, 1, 2))
     mean, s = sum(diffs) / 3, math.sqrt(sum((x - sum(diffs) / 3) ** 2 for x in diffs) / 2)
     half = 4.3027 * s / math.sqrt(3)
-    assert d.sd == pytest.approx(s)
+    assert d.sd == pytest.approx(s)  # tol: default rel 1e-6; stdev vs the same float64 formula: ~1e-16
+    # tol: default rel 1e-6; the same function of two sds ~1e-16 apart (linear in sd): ~1e-16
     assert d.detectable == pytest.approx(power.detectable_effect(s, 3))
     text = d.text(100)
     assert text.startswith(f"{mean * 100:+.2f} [{(mean - half) * 100:+.2f}, {(mean + half) * 100:+.2f}] · detects ±")

@@ -175,7 +175,9 @@ def test_train_teacher_file_loads_and_gives_the_original_logits(tmp_path: Path, 
     with torch.no_grad():
         expected = original(x)
         expected_pooled = original.forward_head(original.forward_features(x), pre_logits=True)
+    # tol: equal weights, the same float32 CPU kernels: bit-equal expected, ulps at most; a misrouted tensor is ≫ 1e-5
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    # tol: the pooled features, same weights and kernels as the logits just above
     torch.testing.assert_close(pooled, expected_pooled, rtol=1e-5, atol=1e-5)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
@@ -197,6 +199,7 @@ def test_student_takes_a_repdistiller_teacher_with_teacher_backbone(tmp_path: Pa
     pooled, logits = student.teacher(images())
     assert pooled.shape == (2, 256) and logits.shape == (2, 100)
     with torch.no_grad():
+        # tol: equal weights, the same float32 CPU kernels: ulps at most; a misrouted tensor is ≫ 1e-5
         torch.testing.assert_close(logits, original(images()), rtol=1e-5, atol=1e-5)
     assert not any(k.startswith("teacher") for k in student.state_dict())
 
@@ -217,6 +220,7 @@ def test_other_file_layouts(tmp_path: Path, layout: str):
     torch.save(content, tmp_path / "t.pth")
     teacher = load_frozen_teacher(tmp_path / "t.pth", num_classes=100, backbone="vgg13")
     with torch.no_grad():
+        # tol: equal weights, the same float32 CPU kernels: ulps at most; a misrouted tensor is ≫ 1e-5
         torch.testing.assert_close(teacher(images())[1], original(images()), rtol=1e-5, atol=1e-5)
 
 
@@ -228,6 +232,7 @@ def test_file_without_batch_counters_still_loads(tmp_path: Path):
     torch.save({"model": state}, tmp_path / "old.pth")
     teacher = load_frozen_teacher(tmp_path / "old.pth", num_classes=100, backbone="resnet8x4")
     with torch.no_grad():
+        # tol: equal weights, the same float32 CPU kernels: ulps at most; a misrouted tensor is ≫ 1e-5
         torch.testing.assert_close(teacher(images())[1], original(images()), rtol=1e-5, atol=1e-5)
 
 

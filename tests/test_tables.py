@@ -312,9 +312,12 @@ def test_builder_on_hand_made_results(hand_made_runs, tmp_path):
     assert [r["row"] for r in csv_rows] == ["delta_0.1", "delta_0.5", "delta_1.0", "no_gate", "plain_ce"]
     first = csv_rows[0]
     assert first["run"] == "gate_delta=0.1"
+    # tol: default rel 1e-6: the float64 mean of 0.80, 0.82, 0.84 (~1e-16 off) prints via %.6g as 0.82 exactly
     assert float(first["teacher_test_acc_last_mean"]) == pytest.approx(0.82)
+    # tol: default rel 1e-6: their float64 sample std (~1e-16 off 0.02) prints via %.6g as 0.02 exactly
     assert float(first["teacher_test_acc_last_std"]) == pytest.approx(0.02)
     assert first["teacher_test_acc_last_n"] == "3"
+    # tol: 0.0152 is the table's 4-decimal value of 0.0151586 (CSV %.6g): ≤ 5e-5 off; 1e-4 = 2x that
     assert float(first["diff_teacher_ratio_last_ci_low"]) == pytest.approx(0.0152, abs=1e-4)
     assert first["diff_student_acc_last_n"] == "3"
     assert first["teacher_gate_open_by_epoch"] == "0.1;0.6"

@@ -73,6 +73,7 @@ def test_teacher_loss_gate_and_memory_of_one_batch_by_hand():
     assert float(loss) == pytest.approx(want, rel=1e-5)
     assert logged["train/loss_ce"] == pytest.approx(ce, rel=1e-5)
     assert logged["train/loss_contrastive"] == pytest.approx(con, rel=1e-5)
+    # tol: float32 mean of 24 gates in {0, 1}: k/24 rounded once, ≤ 3e-8; one flipped gate moves it 1/24
     assert logged["train/gate_open"] == pytest.approx(sum(gate) / (2 * N), abs=1e-7)
 
     # The memory is unchanged until the optimizer step is over; then it holds the first views, per class FIFO.
@@ -84,6 +85,7 @@ def test_teacher_loss_gate_and_memory_of_one_batch_by_hand():
     got = {int(i): (int(y), e) for e, y, i, v in zip(emb, mem_labels, mem_ids, valid) if v}
     assert set(got) == {k for _, _, k in after}
     for e, y, k in after:
+        # tol: the step's float32 z vs a copy's forward, same kernels: bit-equal expected; 1e-7 ≈ 1 ulp of an entry ≤ 1
         assert got[k][0] == y and torch.allclose(got[k][1].double(), e, atol=1e-7), k
 
 
