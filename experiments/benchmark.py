@@ -47,17 +47,16 @@ import torch
 import yaml
 import torch.nn.functional as F
 
+import pytorch_lightning as pl
+
+from kd_lightning.data.augment import gpu_crop_flip, normalize
+from kd_lightning.data.base import KDDataModule
+from kd_lightning.data.cifar import CIFAR100_MEAN, CIFAR100_STD
+from kd_lightning.distillation import KDLoss
+from kd_lightning.models import create_model
+from kd_lightning.objectives import ClassMemory, IntraClassContrastive, MarginGate
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the device machine runs from a plain checkout (no pip install)
-
-import pytorch_lightning as pl  # noqa: E402
-
-from kd_lightning.data.augment import gpu_crop_flip, normalize  # noqa: E402
-from kd_lightning.data.base import KDDataModule  # noqa: E402
-from kd_lightning.data.cifar import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
-from kd_lightning.distillation import KDLoss  # noqa: E402
-from kd_lightning.models import create_model  # noqa: E402
-from kd_lightning.objectives import ClassMemory, IntraClassContrastive, MarginGate  # noqa: E402
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 RECIPE_EPOCHS = 240

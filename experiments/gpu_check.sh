@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The one script a session with a GPU runs (docs/speed.md, "Measuring on the GPU"). From the repository root:
-#   make bench-wheels                 # here, once: the Python packages the device image lacks, as wheels in .whl/
-#   bash experiments/gpu_check.sh --dry-run    # here, on the CPU: the plan, each step's seconds and the total
-#   device tool: run(command="bash experiments/gpu_check.sh", carry=[".whl"], timeout_s=420)
+# The CUDA tests and the benchmark on a GPU machine, in 6 minutes at most (docs/speed.md, "Measuring on the GPU").
+# From the repository root:
+#   bash experiments/gpu_check.sh --dry-run    # on any machine: the plan, each step's seconds and the total
+#   bash experiments/gpu_check.sh              # on the GPU machine (OUT=<folder> for its files)
+#   make bench-wheels                          # first, on a machine with a package index, when the GPU machine has
+#                                              # none: what its Python lacks, as wheels in .whl/ (copy them along)
 # Steps run in order of value, each under its own `timeout` (its projected seconds are that cap, so the total is a
 # bound, not a guess): smoke (environment, install, CUDA tests of the captured step), then the benchmark's main
 # rows at the paper's batch, the compile variant, batch 512, and the remaining variants. Everything lands in $OUT:
@@ -20,7 +22,7 @@ if [[ -z "${PY:-}" && $DRY -eq 1 && -x .venv/bin/python ]]; then PY=.venv/bin/py
 PY=${PY:-python3}
 BENCH=(experiments/benchmark.py --copy-to "$OUT")
 
-# name | cap in seconds | command. The caps add up to under 6 minutes (checked below), leaving a rerun in 15.
+# name | cap in seconds | command. The caps add up to under 6 minutes (checked below), leaving time for a rerun.
 STEPS=(
   "env|5|nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv; \
 $PY -c 'import torch, pytorch_lightning as pl; print(\"torch\", torch.__version__, \"lightning\", pl.__version__, \
@@ -37,7 +39,7 @@ tests/test_nonfinite_check.py -k 'cuda or captured'"
 
 install_project() {
   # Only what the image lacks travels (make bench-wheels); the project itself goes in with --no-deps, so pip never
-  # tries to replace the image's torch 2.11 / torchvision 0.26 / Lightning 2.6.6 (the device reaches no index).
+  # tries to replace the GPU machine's own torch / torchvision / Lightning (a machine without a package index).
   if compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       || { echo "gpu_check: installing the carried wheels failed" >&2; return 1; }
