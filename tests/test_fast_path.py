@@ -108,7 +108,8 @@ def train_both(stage: str, data_dir: str, teacher_ckpt: Optional[str], fast_kwar
 def assert_same_state(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-6) -> None:
     # Default atol 1e-6 / rtol 1e-5: both paths run the same CPU kernels in the same order, but Lightning's automatic
     # optimization wraps backward in its closure and the fast path calls it directly, so the float32 gradients may
-    # be summed in another order across threads (~1e-7 relative per op); 5 steps stay far inside 1e-5.
+    # be summed in another order (one thread here, but another autograd graph; ~1e-7 relative per op); 5 steps stay
+    # far inside 1e-5.
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for key in sa:
