@@ -70,24 +70,27 @@ def build_all(tids: list[str], recipe: Recipe, seeds: list[int], runs: Path, out
 
 
 def found_seeds(tid: str, recipe: Recipe, runs: Path, ablations: Path, seeds: Optional[list[int]] = None) -> list[int]:
-    """The seeds for which at least one of the table's own runs has a results.json under `runs` (of `seeds` if given).
+    """The seeds of the table's runs that have a results.json under `runs` (of `seeds` if given).
 
-    Own: not a run of another table too. Tables share runs (Table D's KD students and its two teachers are Tables
-    A-C's plain-CE and paper rows), and a seed trained for another table is not a seed of this one. A table whose
-    runs are all shared counts them all. The runs are resolved for seed 0 and looked up as
+    Tables share runs (Table D's KD students and its two teachers are Tables A-C's plain-CE and paper rows), so the
+    seeds come from the table's own runs (not also another table's) where any of them exist: seeds 3-4 trained for
+    Tables A-C are not seeds of a Table D trained with 0-2. A table none of whose own runs exist yet (only the demo's
+    shared runs, say) takes the seeds of all its runs. The runs are resolved for seed 0 and looked up as
     <runs>/<data>/<teacher run>/seed*/<stage>/.
     """
+    def seeds_of(jobs: list[Job]) -> set[int]:
+        found = set()
+        for job in jobs:
+            for path in job.dir(runs).parent.parent.glob(f"seed*/{job.stage}/{RESULTS_FILE}"):
+                digits = path.parent.parent.name[len("seed"):]
+                if digits.isdigit():
+                    found.add(int(digits))
+        return found if seeds is None else found & set(seeds)
+
     name = parse_table_id(tid)[0]
     jobs = table_jobs([tid], recipe, 0, ablations)
     others = {job.key for other in TABLES if other != name for job in table_jobs([other], recipe, 0, ablations)}
-    own = [job for job in jobs if job.key not in others] or jobs
-    found = set()
-    for job in own:
-        for path in job.dir(runs).parent.parent.glob(f"seed*/{job.stage}/{RESULTS_FILE}"):
-            digits = path.parent.parent.name[len("seed"):]
-            if digits.isdigit():
-                found.add(int(digits))
-    return sorted(found if seeds is None else found & set(seeds))
+    return sorted(seeds_of([job for job in jobs if job.key not in others]) or seeds_of(jobs))
 
 
 def build_found(tids: list[str], recipe: Recipe, seeds: Optional[list[int]], runs: Path, out: Path,
