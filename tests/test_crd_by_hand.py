@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_training_loss_by_hand import naive_ce
+
 from kd_lightning.distillation import CRDLoss
 from kd_lightning.distillation.crd import NCE_EPS
 from kd_lightning.modules import StudentModule
@@ -28,14 +30,6 @@ from kd_lightning.modules import StudentModule
 B, C = 10, 5  # images per batch, classes
 N, D, K, TAU, M, SEED = 37, 16, 9, 0.07, 0.5, 3  # training images (memory rows), head size, negatives, τ, momentum
 CE_WEIGHT, CRD_WEIGHT = 0.6, 0.8
-
-
-def naive_ce(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    total = 0.0
-    for row, y in zip(logits.double().tolist(), labels.tolist()):
-        peak = max(row)
-        total += -(row[y] - peak - math.log(sum(math.exp(v - peak) for v in row)))
-    return total / labels.shape[0]
 
 
 def head(weight: list[list[float]], bias: list[float], x: list[float]) -> list[float]:
