@@ -52,6 +52,7 @@ class StageResult:
 
     states: dict[int, str] = field(default_factory=dict)  # seed -> missing|complete|failed|interrupted|running
     results: dict[int, dict] = field(default_factory=dict)  # complete seeds only
+    runs: dict[int, str] = field(default_factory=dict)  # seed -> the run's key (Job.key) of each complete seed
 
     @property
     def complete_seeds(self) -> list[int]:
@@ -152,6 +153,7 @@ def _fill(result: RowResult, recipe: Recipe, seeds: list[int], runs: Path, stude
             result.stages[stage].states[seed] = state
             if results is not None:
                 result.stages[stage].results[seed] = results
+                result.stages[stage].runs[seed] = job.key
 
 
 def collect(tid: str, recipe: Recipe, seeds: list[int], runs: Path, ablations: Path = ABLATIONS) -> list[RowResult]:

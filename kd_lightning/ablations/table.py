@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 import time
@@ -75,9 +74,9 @@ def _counts(values: list[Any]) -> str:
 
 
 def _all_results(rows: list[RowResult], stage: str) -> list[dict]:
-    """Every run's results.json once: rows share runs (Table D's rows share its two teachers), and a run counted
-    once per row would multiply its training time and run count."""
-    unique = {json.dumps(r, sort_keys=True, default=str): r for row in rows for r in row.stages[stage].results.values()}
+    """Every run's results.json once (by its run key): rows share runs (Table D's rows share its two teachers), and a
+    run counted once per row would multiply its training time and run count."""
+    unique = {row.stages[stage].runs[seed]: r for row in rows for seed, r in row.stages[stage].results.items()}
     return list(unique.values())
 
 
