@@ -26,6 +26,7 @@ from kd_lightning.distillation.base import DistillationObjective, Outputs, check
 from kd_lightning.distillation.crd_memory import EmbeddingMemory
 from kd_lightning.objectives.distributed import gather_batch
 from kd_lightning.exceptions import UserValueError
+from kd_lightning.distillation.registry import MethodCard, repdistiller_row
 
 #: Added to the denominators of h and 1 - h as CRD's reference code does, so a vanishing score stays finite.
 NCE_EPS = 1e-7
@@ -174,3 +175,11 @@ class CRDLoss(DistillationObjective):
                 z.copy_(gather_batch(fresh)[0].mean(dim=0) * n)  # equal shards: the mean of means is the global one
             self._normalised = True
         return z
+
+
+CARD = MethodCard(
+    name="crd", label="CRD", order=30, overlay="configs/student/crd.yaml",
+    paper="Tian, Krishnan and Isola, ICLR 2020, Contrastive Representation Distillation",
+    code="HobbitLong/RepDistiller train_student.py (--distill crd -a 0 -b 0.8), crd/criterion.py, crd/memory.py",
+    published=repdistiller_row((75.48, 74.14, 71.16, 71.46, 73.48, 75.51, 73.94)),
+)

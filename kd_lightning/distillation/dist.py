@@ -12,6 +12,7 @@ from kd_lightning.distillation.base import (
     check_positive,
 )
 from kd_lightning.exceptions import UserValueError
+from kd_lightning.distillation.registry import MethodCard, PublishedTop1
 
 
 def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -75,3 +76,16 @@ class DISTLoss(DistillationObjective):
             inter = 1.0 - pearson_rows(y_s, y_t).mean()
             intra = 1.0 - pearson_rows(y_s.T, y_t.T).mean()
         return inter, intra
+
+
+DIST_KD = ("hunto/DIST_KD README.md, 'CIFAR-100' table, commit 2418f18b1fedd7c2646a7b1b9a27d5c674c2170b; = Huang et "
+           "al., NeurIPS 2022, Knowledge Distillation from A Stronger Teacher")
+
+CARD = MethodCard(
+    name="dist", label="DIST", order=20, overlay="configs/student/dist.yaml",
+    paper="Huang, You, Wang, Qian and Xu, NeurIPS 2022, Knowledge Distillation from A Stronger Teacher",
+    code="hunto/image_classification_sota configs/strategies/distill/dist_cifar.yaml, lib/models/losses/dist_kd.py",
+    published=tuple(PublishedTop1(t, s, v, DIST_KD, epoch="not stated", spread=sd) for (t, s), (v, sd) in {
+        ("wrn_40_2", "wrn_40_1"): (74.43, 0.24), ("resnet56", "resnet20"): (71.75, 0.30),
+        ("resnet32x4", "resnet8x4"): (76.31, 0.19)}.items()),
+)

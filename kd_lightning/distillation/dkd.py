@@ -12,6 +12,7 @@ from kd_lightning.distillation.base import (
     check_non_negative,
     check_positive,
 )
+from kd_lightning.distillation.registry import MDISTILLER, MethodCard, published
 
 
 class DKDLoss(DistillationObjective):
@@ -75,3 +76,19 @@ def _log_parts(z: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     log_other = torch.logsumexp(z.masked_fill(target, float("-inf")), dim=1, keepdim=True)
     log_target = (z - log_all).masked_fill(~target, 0.0).sum(dim=1, keepdim=True)
     return torch.cat([log_target, log_other - log_all], dim=1), z - log_other
+
+
+CARD = MethodCard(
+    name="dkd", label="DKD", order=10, overlay="configs/student/dkd.yaml",
+    paper="Zhao, Cui, Song, Qiu and Liang, CVPR 2022, Decoupled Knowledge Distillation",
+    code="megvii-research/mdistiller mdistiller/distillers/DKD.py, configs/cifar100/dkd/*.yaml",
+    published=published(MDISTILLER, {("resnet56", "resnet20"): 71.97, ("resnet110", "resnet32"): 74.11,
+                                     ("resnet32x4", "resnet8x4"): 76.32, ("wrn_40_2", "wrn_16_2"): 76.23,
+                                     ("wrn_40_2", "wrn_40_1"): 74.81, ("vgg13", "vgg8"): 74.68}),
+    # mdistiller's configs/cifar100/dkd/<pair>.yaml: β (DKD.BETA) is 8 unless listed here.
+    pair_settings={pair: {"model.distillation.init_args.beta": beta} for pair, beta in (
+        ("vgg13->vgg8", 6.0), ("wrn_40_2->wrn_16_2", 6.0), ("wrn_40_2->wrn_40_1", 6.0),
+        ("resnet56->resnet20", 2.0), ("resnet110->resnet32", 2.0))},
+    # The 20-epoch warm-up of 240 epochs, scaled to the proxy's 20 epochs as its lr steps are.
+    proxy_args=("--model.distillation_warmup_epochs=2",),
+)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kd_lightning.distillation.base import DistillationObjective, Outputs, check_logits, check_positive
+from kd_lightning.distillation.registry import MethodCard, repdistiller_row
 
 
 class KDLoss(DistillationObjective):
@@ -36,3 +37,11 @@ class KDLoss(DistillationObjective):
             log_p_t = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
             kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
         return kl * (t * t)
+
+
+CARD = MethodCard(
+    name="kd", label="KD", order=0, overlay=None,
+    paper="Hinton, Vinyals and Dean, NeurIPS 2014 workshop, Distilling the Knowledge in a Neural Network",
+    code="HobbitLong/RepDistiller train_student.py (--distill kd -r 0.1 -a 0.9 -b 0), distiller_zoo/KD.py",
+    published=repdistiller_row((74.92, 73.54, 70.66, 70.67, 73.08, 73.33, 72.98)),
+)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from kd_lightning.exceptions import UserValueError
+from kd_lightning.distillation.registry import MethodCard, repdistiller_row
 
 
 def _pairwise_distances(e: Tensor, eps: float = 1e-12) -> Tensor:
@@ -82,3 +83,13 @@ class RKDLoss(nn.Module):
             if self.angle_weight:
                 loss = loss + self.angle_weight * self.angle_loss(student_emb, teacher_emb)
         return loss
+
+
+CARD = MethodCard(
+    name="kd_rkd", label="KD+RKD", order=40, overlay="configs/student/rkd.yaml",
+    paper="Park, Kim, Lu and Cho, CVPR 2019, Relational Knowledge Distillation",
+    code="HobbitLong/RepDistiller distiller_zoo/RKD.py (--distill rkd -a 0 -b 1; distance 25, angle 50)",
+    # RepDistiller's RKD row is CE + RKD; this row adds RKD to KD (the intra-class paper's "Ours+RKD"): the
+    # published number is the nearest reference, not the same recipe.
+    published=repdistiller_row((73.35, 72.22, 69.61, 69.25, 71.82, 71.90, 71.48)),
+)

@@ -1,0 +1,129 @@
+"""The distillation methods, found by reading the method modules: the one list of methods is the package itself.
+
+Every method module under `kd_lightning/distillation/` declares a module-level `CARD = MethodCard(...)`: its name
+(the row of Table D and the stem of its config overlay), its label, where it comes from (paper, reference code),
+its published CIFAR-100 numbers and the settings that depend on the teacher -> student pair. Table D's rows, the
+W&B sweeps, the docs' method table and the published column are derived from `method_cards()`; no other file lists
+the methods. A user's own method, in a package of their own, joins by passing its module to `method_cards`.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Iterable, Mapping, Optional
+
+from kd_lightning.exceptions import UserValueError
+
+
+@dataclass(frozen=True)
+class PublishedTop1:
+    """One published CIFAR-100 top-1 accuracy (%) of a method on a teacher -> student pair, with where it is printed.
+
+    epoch: "best" (the highest test accuracy over training, what RepDistiller and mdistiller print), "last" or
+    "not stated"; spread: the ± (std over runs) where the source gives one.
+    """
+
+    teacher: str
+    student: str
+    top1: float
+    source: str
+    epochs: int = 240
+    epoch: str = "best"
+    spread: Optional[float] = None
+
+    @property
+    def pair(self) -> str:
+        return f"{self.teacher}->{self.student}"
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    """What the framework knows about one distillation method besides its loss.
+
+    name:          the method's id: Table D's row and its overlay `configs/student/<name>.yaml` (None: `overlay=None`)
+    label:         how tables and docs show it ("DKD", "KD+RKD")
+    order:         its place in Table D and the docs (KD first)
+    paper:         the paper, as "Authors, Venue Year, Title"
+    code:          the reference implementation the CIFAR-100 setting was read from (repository, file, commit)
+    overlay:       the config overlay holding its CIFAR-100 setting, relative to the repository root; None for the
+                   student's own default (KD)
+    published:     published CIFAR-100 top-1 numbers, by pair
+    pair_settings: `kd-lightning fit` arguments (dotted key -> value) that depend on the pair, keyed
+                   "teacher->student"; an explicit argument of the user's wins over them
+    proxy_args:    arguments added on the synthetic proxy only (an epoch count scaled from 240 to 20 epochs, say)
+    """
+
+    name: str
+    label: str
+    order: int
+    paper: str
+    code: str
+    overlay: Optional[str] = None
+    published: tuple[PublishedTop1, ...] = ()
+    pair_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    proxy_args: tuple[str, ...] = ()
+
+    def settings_for(self, teacher: str, student: str) -> dict[str, Any]:
+        """The pair's settings (dotted key -> value); empty when the method's defaults hold for this pair."""
+        return dict(self.pair_settings.get(f"{teacher}->{student}", {}))
+
+    def published_for(self, teacher: str, student: str) -> list[PublishedTop1]:
+        return [p for p in self.published if (p.teacher, p.student) == (teacher, student)]
+
+
+def _modules(package: ModuleType) -> Iterable[ModuleType]:
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        yield importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def method_cards(extra_modules: Iterable[str] = ()) -> list[MethodCard]:
+    """Every method of the package (each module's `CARD`), plus those of `extra_modules` (dotted module paths of a
+    user's own methods), in table order. Two cards with one name are an error naming both modules."""
+    import kd_lightning.distillation as package
+
+    modules = list(_modules(package)) + [importlib.import_module(m) for m in extra_modules]
+    cards: dict[str, tuple[MethodCard, str]] = {}
+    for module in modules:
+        card = getattr(module, "CARD", None)
+        if not isinstance(card, MethodCard):
+            continue
+        if card.name in cards:
+            raise UserValueError(f"two distillation methods are named {card.name!r}: {cards[card.name][1]} and "
+                                 f"{module.__name__}; rename one card")
+        cards[card.name] = (card, module.__name__)
+    return sorted((c for c, _ in cards.values()), key=lambda c: (c.order, c.name))
+
+
+def method_card(name: str) -> MethodCard:
+    """The card named `name`, or one error listing the known names."""
+    cards = {c.name: c for c in method_cards()}
+    if name not in cards:
+        raise UserValueError(f"no distillation method is named {name!r}; known: {', '.join(cards)}")
+    return cards[name]
+
+
+# The two benchmark tables most methods' numbers come from (best epoch of 240, as each trainer prints `best_acc`).
+REPDISTILLER = ("HobbitLong/RepDistiller README.md, 'Benchmark Results on CIFAR-100', table 1 (same architecture), "
+                "commit dcc043277f2820efafd679ffb82b8e8195b7e222; = Tian et al., ICLR 2020, Contrastive Representation "
+                "Distillation, Table 1")
+MDISTILLER = ("megvii-research/mdistiller README.md, 'On CIFAR-100' (same architecture), commit "
+              "a08d46f10d6102bd6e3f258ca5ac880b020ea259; = Zhao et al., CVPR 2022, Decoupled Knowledge "
+              "Distillation, Table 1")
+#: The pairs of RepDistiller's table 1 (same architecture), in its column order.
+REPDISTILLER_PAIRS = (("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"),
+                      ("resnet110", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
+                      ("vgg13", "vgg8"))
+
+
+def repdistiller_row(values: tuple[float, ...]) -> tuple[PublishedTop1, ...]:
+    """A method's row of RepDistiller's table 1, its numbers in REPDISTILLER_PAIRS order."""
+    if len(values) != len(REPDISTILLER_PAIRS):
+        raise ValueError(f"RepDistiller's table 1 has {len(REPDISTILLER_PAIRS)} columns, got {len(values)} numbers")
+    return tuple(PublishedTop1(t, s, v, REPDISTILLER) for (t, s), v in zip(REPDISTILLER_PAIRS, values))
+
+
+def published(source: str, values: Mapping[tuple[str, str], float], **kwargs: Any) -> tuple[PublishedTop1, ...]:
+    """Published numbers of one source, by (teacher, student)."""
+    return tuple(PublishedTop1(t, s, v, source, **kwargs) for (t, s), v in values.items())
