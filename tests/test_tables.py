@@ -19,6 +19,7 @@ import pytest
 from kd_lightning.ablations import recipe, rows, runner, runs, stats, sweep, table
 from kd_lightning.ablations.__main__ import main as ablations_main
 from kd_lightning.ablations.__main__ import table_jobs
+from kd_lightning.utils import run_lock as run_lock_module
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -374,22 +375,24 @@ def test_one_process_trains_a_run_at_a_time(tmp_path, capsys):
     run_dir = job.dir(out)
     run_dir.mkdir(parents=True)
     # Another process holds the run's OS lock: run_job(wait=False) says who and answers BUSY, without training.
-    holder = subprocess.Popen([PY, "-c", "import sys, time\nfrom kd_lightning.ablations import runner\n"
-                               "from pathlib import Path\nwith runner.run_lock(Path(sys.argv[1])):\n"
+    holder = subprocess.Popen([PY, "-c", "import sys, time\nfrom kd_lightning.utils import run_lock\n"
+                               "from pathlib import Path\nwith run_lock.run_lock(Path(sys.argv[1])):\n"
                                "    print('locked', flush=True); time.sleep(60)", str(run_dir)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert runner.run_job(job, recipe.Recipe(data="synthetic"), out, wait=False) == runner.BUSY
-        assert f"being trained by process {holder.pid} on {runner.socket.gethostname()}" in capsys.readouterr().out
+        host = run_lock_module.socket.gethostname()
+        assert f"being trained by process {holder.pid} on {host}" in capsys.readouterr().out
         assert not (run_dir / "results.json").exists()
     finally:
         holder.kill()
         holder.wait()
     # The OS released the killed holder's lock: nothing to delete by hand. The owner file is informational only.
-    with runner.run_lock(run_dir, wait=False):
-        assert (run_dir / runner.OWNER_FILE).read_text().split() == [runner.socket.gethostname(), str(os.getpid())]
-    assert not (run_dir / runner.OWNER_FILE).exists()
+    with run_lock_module.run_lock(run_dir, wait=False):
+        owner = (run_dir / run_lock_module.OWNER_FILE).read_text().split()
+        assert owner == [run_lock_module.socket.gethostname(), str(os.getpid())]
+    assert not (run_dir / run_lock_module.OWNER_FILE).exists()
 
 
 # --- real tiny tables through make: Table B after Table A, then interrupted (by hand-made states) and resumed -------

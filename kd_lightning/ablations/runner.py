@@ -23,20 +23,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from filelock import FileLock, Timeout
-
 from kd_lightning.ablations.recipe import Recipe, differences, fit_args, identity
 from kd_lightning.ablations.rows import RESULTS_FILE, ROOT, read_results, run_state
 from kd_lightning.ablations.runs import Job
 from kd_lightning.exceptions import KDLightningError, StaleRunError
 from kd_lightning.utils.atomic import atomic_write_json, atomic_write_text
 from kd_lightning.utils.hardware import usable_cpus
+from kd_lightning.utils.run_lock import HELD_BY_PARENT_ENV, LOCK_FILE, OWNER_FILE, RunBusy, lock_owner, run_lock
 
 RECIPE_FILE = "recipe.json"
-LOCK_FILE = "run.lock"
-#: Who holds run.lock (host and pid), for the message of a process that finds it taken; informational only: the lock
-#: itself is an OS lock (flock) on run.lock, which the OS releases when its holder exits, however it exits.
-OWNER_FILE = "run.lock.owner"
 CONFIG_FILE = "config.yaml"
 #: recipe.json's "identity" is the canonical resolved config (identity.py). Version 1 files (before it) hold a
 #: "config" merged by a YAML reader instead; they are checked through the run's own config.yaml and rewritten.
@@ -89,10 +84,12 @@ def check_recipe(run_dir: Path, expected: dict, action: str, migrate: bool = Tru
                                                   "identity_version": IDENTITY_VERSION})
 
 
-def child_env(job: Job, threads: Optional[int]) -> dict[str, str]:
+def child_env(job: Job, threads: Optional[int], run_dir: Optional[Path] = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in AGENT_ENV}
     env.update(WANDB_RUN_GROUP=f"{job.data}/{job.teacher}", WANDB_NAME=job.key, WANDB_JOB_TYPE=job.stage,
                PYTHONUNBUFFERED="1")
+    if run_dir is not None:  # this runner holds the run's lock: the child must not wait for it
+        env[HELD_BY_PARENT_ENV] = str(run_dir)
     if threads:
         # Several runs at once on few cores: each gets its share, or their OpenMP threads fight (tests/conftest.py).
         env["OMP_NUM_THREADS"] = str(threads)
@@ -106,51 +103,6 @@ def record_failure(results_path: Path, message: str) -> None:
         return
     results.update(status="failed", error=results.get("error") or message)
     atomic_write_json(results_path, results)
-
-
-class RunBusy(Exception):
-    """run_lock(wait=False) found the run locked by another process; `owner` says which (host pid), if known."""
-
-    def __init__(self, owner: str) -> None:
-        super().__init__(owner)
-        self.owner = owner
-
-
-def lock_owner(run_dir: Path) -> str:
-    try:
-        text = (run_dir / OWNER_FILE).read_text().strip()
-    except OSError:
-        return "another process"
-    host, _, pid = text.partition(" ")
-    return f"process {pid} on {host}" if pid else "another process"
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path, wait: bool = True,
-             on_wait: Optional[Callable[[str], None]] = None) -> Iterator[Optional[int]]:
-    """One process trains a run at a time (make, sweep agents and Slurm jobs may share a runs folder).
-
-    An OS lock (filelock: flock on `run.lock`), so a killed holder (SIGKILL, a zombie nobody reaps, a lost node
-    of a local file system) never leaves a stale lock: the kernel drops it with the holder's open files. With
-    wait=False a taken lock raises RunBusy at once; with wait=True `on_wait(owner)` is told, then it blocks.
-    Yields the lock's file descriptor (None if filelock does not expose it): launch() passes it to the training
-    process, so a runner killed without its child leaves the run locked until that orphan has stopped too."""
-    lock = FileLock(str(run_dir / LOCK_FILE))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        owner = lock_owner(run_dir)
-        if not wait:
-            raise RunBusy(owner) from None
-        if on_wait:
-            on_wait(owner)
-        lock.acquire(poll_interval=0.5)
-    try:
-        atomic_write_text(run_dir / OWNER_FILE, f"{socket.gethostname()} {os.getpid()}\n")
-        yield getattr(getattr(lock, "_context", None), "lock_file_fd", None)
-    finally:
-        (run_dir / OWNER_FILE).unlink(missing_ok=True)
-        lock.release()
 
 
 def _console_line(line: str) -> bool:
@@ -276,7 +228,7 @@ def run_job(job: Job, recipe: Recipe, runs: Path, dry_run: bool = False, threads
             if not resume:
                 atomic_write_json(run_dir / RECIPE_FILE, {"command": command[1:], "identity": expected,
                                                           "identity_version": IDENTITY_VERSION})
-            code = launch(command, child_env(job, threads), run_dir / LOG_FILE, f"[{job.key}]", lock_fd)
+            code = launch(command, child_env(job, threads, run_dir), run_dir / LOG_FILE, f"[{job.key}]", lock_fd)
             final = run_state(read_results(results_path))
             if final != "interrupted" and (code != 0 or final != "complete"):
                 record_failure(results_path,
