@@ -6,13 +6,14 @@ whose first word is a program of ours or a known launcher, and each inline `code
 
 - `kd-lightning ...`, `python -m kd_lightning ...` (also after `srun` / `torchrun ... -m`): parsed in-process with
   `--print_config` appended (jsonargparse validates every key, type and --config file, nothing is instantiated or
-  trained; in-process because one CLI subprocess costs ~10 s here), or run with `--help` forms as written;
+  trained; in-process because one CLI subprocess costs ~10 s here), or run with `--help` forms as written (every
+  `--model.help X` in a fresh process, as a user's shell runs it);
 - `make X ...`: `make -n` exits 0, and the ablations command it would run passes with `--dry-run`;
 - `python -m kd_lightning.ablations run|build ...`: with `--dry-run`; `expand` as written; `sweep --write` into a
   temporary folder;
 - a dotted flag in prose: appended to the teacher's, else the student's, base command and parsed;
 - every repository path named in the docs (`configs/...`, `docs/...`, `kd_lightning/...`, links) exists;
-- every default in the README's argument tables equals the class signature's, and `Name(key=value)` defaults in
+- every default in docs/configuration.md's argument tables equals the class signature's, and `Name(key=value)` defaults in
   prose equal the signature of that class.
 
 Commands that need a GPU, a data set or a cluster are still parsed: `--print_config` resolves flags without a device
@@ -214,8 +215,14 @@ def kd_main(argv: list[str]) -> int:
 
 
 def check_kd(argv: list[str]) -> tuple[int, str]:
-    """`--help`/`--model.help X` as written; anything else with --print_config (parses, validates, runs nothing)."""
-    if not any(w in ("--help", "-h") or w.endswith(".help") for w in argv):
+    """`--help` as written; `--model.help X` as written in a fresh process (in this one the test's own imports make
+    short class names resolve that a user's shell would not); anything else with --print_config (parses, validates,
+    runs nothing)."""
+    if any(w.endswith(".help") for w in argv):
+        proc = subprocess.run([sys.executable, "-m", "kd_lightning", *argv], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        return proc.returncode, proc.stdout + proc.stderr
+    if not any(w in ("--help", "-h") for w in argv):
         argv = [*argv, "--print_config"]
     return run_in_process(kd_main, argv)
 
@@ -415,8 +422,11 @@ def _same(doc_value, default) -> bool:
     return doc_value == default
 
 
-def argument_tables(readme: Path = ROOT / "README.md") -> dict[str, list[tuple[int, list[str], str]]]:
-    """README: the table under **`model: kd_lightning.modules.<Class>`** -> (line, argument names, default cell)."""
+CONFIG_DOC = ROOT / "docs" / "configuration.md"
+
+
+def argument_tables(readme: Path = CONFIG_DOC) -> dict[str, list[tuple[int, list[str], str]]]:
+    """docs/configuration.md: the table under **`model: kd_lightning.modules.<Class>`** -> (line, argument names, default cell)."""
     tables: dict[str, list] = {}
     current = None
     for n, line in enumerate(readme.read_text().splitlines(), 1):
@@ -434,7 +444,7 @@ def argument_tables(readme: Path = ROOT / "README.md") -> dict[str, list[tuple[i
     return tables
 
 
-def argument_table_failures(readme: Path = ROOT / "README.md") -> list[str]:
+def argument_table_failures(readme: Path = CONFIG_DOC) -> list[str]:
     from kd_lightning import modules
 
     tables = argument_tables(readme)
@@ -446,17 +456,17 @@ def argument_table_failures(readme: Path = ROOT / "README.md") -> list[str]:
         for n, names, cell in rows:
             values = _yaml_values(cell)
             if len(values) != len(names):
-                failures.append(f"README.md:{n}: {len(names)} arguments but {len(values)} defaults: {cell}")
+                failures.append(f"{readme.name}:{n}: {len(names)} arguments but {len(values)} defaults: {cell}")
                 continue
             for arg, value in zip(names, values):
                 documented.add(arg)
                 if arg not in params:
-                    failures.append(f"README.md:{n}: {name} has no argument {arg}")
+                    failures.append(f"{readme.name}:{n}: {name} has no argument {arg}")
                 elif not _same(value, params[arg].default):
-                    failures.append(f"README.md:{n}: {name}.{arg} default is {params[arg].default!r}, "
-                                    f"the README says {value!r}")
+                    failures.append(f"{readme.name}:{n}: {name}.{arg} default is {params[arg].default!r}, "
+                                    f"the doc says {value!r}")
         if set(params) - documented:
-            failures.append(f"README.md: {name}'s table lacks {sorted(set(params) - documented)}")
+            failures.append(f"{readme.name}: {name}'s table lacks {sorted(set(params) - documented)}")
     return failures
 
 
@@ -475,10 +485,11 @@ def _literal(text: str):
 
 
 def test_prose_signature_defaults_match():
-    """`CIFAR100DataModule(data_dir, download=False, ...)` in the README: each key=value is the signature's."""
+    """`CIFAR100DataModule(data_dir, download=False, ...)` in docs/configuration.md: each key=value is the
+    signature's."""
     from kd_lightning import data
 
-    text = (ROOT / "README.md").read_text().replace("\n", " ")
+    text = CONFIG_DOC.read_text().replace("\n", " ")
     found, failures = 0, []
     for cls, args in re.findall(r"`(\w+DataModule)\(([^)`]*)\)`", text):
         params = inspect.signature(getattr(data, cls)).parameters
@@ -550,10 +561,10 @@ def _proxy_minutes() -> tuple[list[float], float, float]:
 
 
 def test_time_claims_are_the_committed_runs():
-    """The README's timings are computed here from the committed runs, not copied: a re-run proxy that takes
-    longer fails this test until the README says so."""
+    """docs/results.md's timings are computed here from the committed runs, not copied: a re-run proxy that takes
+    longer fails this test until the doc says so."""
     demo, tables, students = _proxy_minutes()
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    readme = " ".join((ROOT / "docs" / "results.md").read_text().split())
     lo, hi = round(min(demo) * 2) / 2, round(max(demo) * 2) / 2  # to the half minute
     assert f"One seed took {lo:g} to {hi:g} minutes" in readme, (lo, hi)
     assert f"Tables A-C took {round(tables)} minutes for the 5 seeds" in readme, tables
