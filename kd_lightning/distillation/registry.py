@@ -11,8 +11,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable, Mapping, Optional
+
+import yaml
 
 from kd_lightning.exceptions import UserValueError
 
@@ -53,6 +56,8 @@ class MethodCard:
     pair_settings: `kd-lightning fit` arguments (dotted key -> value) that depend on the pair, keyed
                    "teacher->student"; an explicit argument of the user's wins over them
     proxy_args:    arguments added on the synthetic proxy only (an epoch count scaled from 240 to 20 epochs, say)
+    pre_phase_key: the dotted `kd-lightning fit` key of the method's pre-phase length in epochs (AB, FT, FSP train
+                   connectors or the student's features first, docs/method.md); None: no pre-phase
     """
 
     name: str
@@ -64,6 +69,7 @@ class MethodCard:
     published: tuple[PublishedTop1, ...] = ()
     pair_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     proxy_args: tuple[str, ...] = ()
+    pre_phase_key: Optional[str] = None
 
     def settings_for(self, teacher: str, student: str) -> dict[str, Any]:
         """The pair's settings (dotted key -> value); empty when the method's defaults hold for this pair."""
@@ -71,6 +77,19 @@ class MethodCard:
 
     def published_for(self, teacher: str, student: str) -> list[PublishedTop1]:
         return [p for p in self.published if (p.teacher, p.student) == (teacher, student)]
+
+    def distillation_spec(self, root: Optional[Path] = None) -> tuple[str, dict[str, Any]]:
+        """(class path, init_args) of the distillation term the overlay selects; the student's default (KD at T = 4)
+        when there is no overlay or it keeps the default term. `root`: the repository (default: this checkout)."""
+        default = ("kd_lightning.distillation.kd.KDLoss", {"temperature": 4.0})
+        if self.overlay is None:
+            return default
+        path = (root or Path(__file__).resolve().parents[2]) / self.overlay
+        term = ((yaml.safe_load(path.read_text()) or {}).get("model", {}).get("init_args", {}) or {}).get(
+            "distillation")
+        if term is None:
+            return default
+        return term["class_path"], dict(term.get("init_args") or {})
 
 
 def _modules(package: ModuleType) -> Iterable[ModuleType]:

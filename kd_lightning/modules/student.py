@@ -160,7 +160,9 @@ class StudentModule(ClassifierModule):
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, names)
 
     def on_train_epoch_start(self) -> None:
-        ramp = 1.0 if self.warmup_epochs == 0 else min(1.0, (self.current_epoch + 1) / self.warmup_epochs)
+        # Like the lr schedule, the warm-up is the student training's: it starts when a pre-phase ends.
+        epoch = self.current_epoch - self.pre_phase_epochs
+        ramp = 1.0 if self.warmup_epochs == 0 else min(1.0, max(epoch + 1, 0) / self.warmup_epochs)
         self.distillation_ramp.fill_(ramp)
 
     def training_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
