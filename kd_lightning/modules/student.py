@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from jsonargparse import lazy_instance
@@ -149,6 +150,7 @@ class StudentModule(ClassifierModule):
     def setup(self, stage: str) -> None:
         if stage != "fit" or not self.use_distillation:
             return
+        self._refuse_ddp_without_unused_parameters()
         train_set = getattr(self.trainer.datamodule, "train_set", None) if self.trainer.datamodule else None
         if train_set is not None:
             self.distillation.bind_train_set(len(train_set))
@@ -158,6 +160,18 @@ class StudentModule(ClassifierModule):
         names = [f"distillation.{name}" for name, _ in self.distillation.named_buffers()]
         if names:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, names)
+
+    def _refuse_ddp_without_unused_parameters(self) -> None:
+        # A pre-phase trains other parameters than student training does (FT's paraphraser, then its translator;
+        # AB's and FSP's student without its classifier): DDP must be told that some receive no gradient in a step.
+        strategy = self.trainer.strategy
+        if not self.pre_phase_epochs or not isinstance(strategy, pl.strategies.DDPStrategy):
+            return
+        if not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False):
+            raise UserValueError(
+                f"model.distillation={type(self.distillation).__name__} has a pre-phase that trains other parameters "
+                "than student training, which DDP refuses unless told: use "
+                "--trainer.strategy=ddp_find_unused_parameters_true")
 
     def on_train_epoch_start(self) -> None:
         # Like the lr schedule, the warm-up is the student training's: it starts when a pre-phase ends.
