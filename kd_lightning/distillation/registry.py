@@ -91,9 +91,16 @@ class MethodCard:
             return default
         return term["class_path"], dict(term.get("init_args") or {})
 
+    def distillation_class(self, root: Optional[Path] = None) -> type:
+        """The class of the distillation term the overlay selects (`distillation_spec`)."""
+        module, _, name = self.distillation_spec(root)[0].rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
 
 def _modules(package: ModuleType) -> Iterable[ModuleType]:
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):  # __main__ prints the method table
+            continue
         yield importlib.import_module(f"{package.__name__}.{info.name}")
 
 
@@ -146,3 +153,23 @@ def repdistiller_row(values: tuple[float, ...]) -> tuple[PublishedTop1, ...]:
 def published(source: str, values: Mapping[tuple[str, str], float], **kwargs: Any) -> tuple[PublishedTop1, ...]:
     """Published numbers of one source, by (teacher, student)."""
     return tuple(PublishedTop1(t, s, v, source, **kwargs) for (t, s), v in values.items())
+
+
+#: The pair whose published number the docs' method table shows (RepDistiller's and DKD's headline pair).
+HEADLINE_PAIR = ("resnet32x4", "resnet8x4")
+READS = {None: "logits / pooled", "features": "stage features", "preact": "pre-activations"}
+
+
+def method_table_markdown(cards: Optional[Iterable[MethodCard]] = None) -> str:
+    """The docs' method table, from the cards: label, paper, what it reads, pre-phase, overlay, and the published
+    top-1 on resnet32x4 -> resnet8x4. `python -m kd_lightning.distillation` prints it."""
+    rows = ["| method | paper | reads | pre-phase | overlay | published resnet32x4 → resnet8x4 |",
+            "|---|---|---|---|---|---|"]
+    for card in cards if cards is not None else method_cards():
+        cls = card.distillation_class()
+        top1 = card.published_for(*HEADLINE_PAIR)
+        pre = f"`{card.pre_phase_key}`" if card.pre_phase_key else ""
+        overlay = f"`{card.overlay}`" if card.overlay else "(default)"
+        rows.append(f"| {card.label} | {card.paper} | {READS[getattr(cls, 'needs_features', None)]} | {pre} | "
+                    f"{overlay} | {f'{top1[0].top1:.2f}' if top1 else '—'} |")
+    return "\n".join(rows)
