@@ -104,3 +104,16 @@ def test_logit_terms_get_no_features_and_the_student_side_keeps_its_gradient():
     assert len(feats.features) == 4 and all(f.requires_grad for f in feats.features)
     with pytest.raises(ValueError, match="needs_features"):
         network_outputs(model, _images(16), "logits")
+
+
+@pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n != "shufflenetv2"])
+def test_preact_batchnorms_match_the_intermediates(name):
+    model = _model(name)
+    norms = model.preact_batchnorms()
+    assert all(isinstance(bn, nn.BatchNorm2d) for bn in norms)
+    assert [bn.num_features for bn in norms] == [s[0] for s in model.intermediate_shapes()]
+
+
+def test_a_backbone_without_preact_batchnorms_says_so():
+    with pytest.raises(ValueError, match="does not name the BatchNorm"):
+        _model("shufflenetv2").preact_batchnorms()

@@ -128,6 +128,10 @@ class DistillationObjective(nn.Module):
         """Called once by the student, when `needs_features` is set, with [C, H, W] of every intermediate of both
         networks (for a 32x32 input; connectors are sized from the channels, resolutions are matched per batch)."""
 
+    def bind_networks(self, student: Backbone, teacher: Backbone) -> None:
+        """Called once by the student, after `bind_features`, with both networks, for a term that reads the
+        teacher's weights (OFD's margins come from its BatchNorms). Nothing may be kept of them but values."""
+
     def pre_phase_loss(self, student: Outputs, teacher: Outputs) -> Tensor:
         """The loss of the pre-phase (see `pre_phase_epochs`), a float32 scalar."""
         raise NotImplementedError(f"{type(self).__name__} declares no pre-phase")

@@ -69,6 +69,13 @@ class Backbone(nn.Module):
             "maps), which this distillation method reads; implement it (see kd_lightning/models/base.py) or use a "
             "method that reads logits or the pooled embedding (KD, DKD, DIST, CRD, RKD)")
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """Per intermediate, the BatchNorm whose output is (or, with a residual sum, dominates) its pre-activation:
+        OFD derives the teacher's margins from their affine parameters, as mdistiller's `get_bn_before_relu`."""
+        raise UserValueError(
+            f"backbone {type(self).__name__} does not name the BatchNorm before each intermediate's ReLU "
+            "(preact_batchnorms), which OFD reads from the teacher; use another teacher or method")
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Image batch [B, 3, H, W] -> final feature map [B, num_features, h, w]."""
         return self.forward_intermediates(x).final

@@ -79,6 +79,10 @@ class MobileNetV2(Backbone):
     #: The stem ends in a ReLU; the stages end in a linear bottleneck, their own pre-activation.
     intermediates_end_in_relu = (True, False, False, False, False)
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        # The stages' linear bottlenecks end on their projection's BatchNorm (plus the residual, where there is one).
+        return [self.stem[1], *(self.stages[i][-1].conv[-1] for i in FEATURE_STAGES)]
+
     def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
         if preact:
             pre = self.stem[:-1](x)

@@ -73,6 +73,10 @@ class ResNet(Backbone):
         self.stages = nn.Sequential(*stages)
         self._build_head(in_channels, num_classes)
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        # A stage's pre-activation is its last block's bn2 output plus the shortcut (mdistiller reads bn2).
+        return [self.bn1, *(stage[-1].bn2 for stage in self.stages)]
+
     def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
         # Intermediates: the stem, then each stage (its last block's residual sum before the ReLU for preact).
         pre = self.bn1(self.conv1(x))

@@ -45,6 +45,9 @@ class VGG(Backbone):
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
         self._build_head(in_channels, num_classes)
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        return [stage[-2] for stage in self.stages]
+
     def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
         # Intermediates: each of the five stages (the first is RepDistiller's f0), before its closing ReLU for preact.
         features, preacts = [], []

@@ -68,6 +68,9 @@ class WideResNet(Backbone):
         self.relu = nn.ReLU(inplace=True)
         self._build_head(in_channels, num_classes)
 
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        return [*(stage[0].bn1 for stage in self.stages), self.bn1]
+
     def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
         # A pre-activation net ends each stage on a conv: the BN-ReLU that activates a stage's output opens the next
         # stage's first block (the trunk's final BN-ReLU after the last stage). The intermediate of the stem and of

@@ -128,6 +128,7 @@ class StudentModule(ClassifierModule):
             if distillation.needs_features is not None:
                 distillation.bind_features(self.backbone.intermediate_shapes(),
                                            teacher.backbone.intermediate_shapes())
+            distillation.bind_networks(self.backbone, teacher.backbone)
         # A tensor, not a float: the fast path's captured step reads its current value at every replay.
         self.register_buffer("distillation_ramp", torch.ones(()), persistent=False)
         self.teacher_val_acc = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
