@@ -50,6 +50,11 @@ def network_outputs(backbone: Backbone, images: Tensor, needs_features: Optional
     return Outputs(pooled, backbone.get_classifier()(pooled), tuple(features or ()))
 
 
+def feature_needs(term: "DistillationObjective") -> tuple[Optional[str], Optional[str]]:
+    """(what the student computes, what the teacher computes) for `term`."""
+    return term.needs_features, term.teacher_needs_features or term.needs_features
+
+
 def gather_outputs(student: Outputs, teacher: Outputs, labels: Tensor, ids: Tensor
                    ) -> tuple[Outputs, Outputs, Tensor, Tensor]:
     """The global batch of both networks' outputs under DDP (rank order, gradient to each row's owner; see
@@ -113,6 +118,9 @@ class DistillationObjective(nn.Module):
     relates_batch: bool = False
     #: What the term reads besides the pooled embedding and logits: None, FEATURES or PREACT (module docstring).
     needs_features: Optional[str] = None
+    #: What it reads of the teacher, where that differs (ReviewKD: the student's features, the teacher's
+    #: pre-activations); None: the same as `needs_features`.
+    teacher_needs_features: Optional[str] = None
     #: Epochs at the start of the student's fit that train only `pre_phase_loss` (RepDistiller's `init_epochs`);
     #: the learning-rate milestones count from its end. A term with a pre-phase sets it from its constructor.
     pre_phase_epochs: int = 0

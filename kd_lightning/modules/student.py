@@ -10,7 +10,13 @@ from jsonargparse import lazy_instance
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy
 
-from kd_lightning.distillation.base import DistillationObjective, Outputs, gather_outputs, network_outputs
+from kd_lightning.distillation.base import (
+    DistillationObjective,
+    Outputs,
+    feature_needs,
+    gather_outputs,
+    network_outputs,
+)
 from kd_lightning.distillation.kd import KDLoss
 from kd_lightning.distillation.rkd import RKDLoss
 from kd_lightning.fast import CompileMode
@@ -125,7 +131,7 @@ class StudentModule(ClassifierModule):
         self.distillation = distillation
         if teacher is not None and self.use_distillation:
             distillation.bind(self.backbone.num_features, teacher.num_features)
-            if distillation.needs_features is not None:
+            if any(feature_needs(distillation)):
                 distillation.bind_features(self.backbone.intermediate_shapes(),
                                            teacher.backbone.intermediate_shapes())
             distillation.bind_networks(self.backbone, teacher.backbone)
@@ -183,16 +189,16 @@ class StudentModule(ClassifierModule):
     def training_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_S of one batch and its logged parts."""
         images, labels, ids = batch
-        needs = self.distillation.needs_features if self.use_distillation else None
+        needs, teacher_needs = feature_needs(self.distillation) if self.use_distillation else (None, None)
         student = network_outputs(self.backbone, images, needs)
         if self.pre_phase_epochs and self.current_epoch < self.pre_phase_epochs:
-            loss = self.distillation.pre_phase_loss(student, self.teacher.outputs(images, needs))
+            loss = self.distillation.pre_phase_loss(student, self.teacher.outputs(images, teacher_needs))
             return loss, {"loss": loss, "loss_pre_phase": loss}
         loss_ce = F.cross_entropy(student.logits.float(), labels)
         parts = {"loss_ce": loss_ce}
         loss = self.ce_weight * loss_ce
         if self.teacher is not None:
-            teacher = self.teacher.outputs(images, needs)
+            teacher = self.teacher.outputs(images, teacher_needs)
             student = student._replace(pooled=student.pooled.float(), logits=student.logits.float())
             teacher = teacher._replace(pooled=teacher.pooled.float(), logits=teacher.logits.float())
             if self.use_distillation:
