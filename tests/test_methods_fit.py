@@ -63,3 +63,15 @@ def test_each_method_trains_a_resnet8_from_a_resnet20(card: MethodCard, resnet20
         assert entry["train/loss"] == pytest.approx(ce * entry["train/loss_ce"] + kd * ramp * entry["train/loss_kd"] + rkd,
                                                     rel=1e-4)
         assert math.isfinite(entry["train/loss_kd"]) and entry["train/loss_kd"] >= 0
+
+
+FEATURE_CARDS = [c for c in CARDS if c.distillation_class().needs_features and not c.pre_phase_key]
+
+
+@pytest.mark.parametrize("card", FEATURE_CARDS, ids=[c.name for c in FEATURE_CARDS])
+def test_feature_methods_run_on_the_fast_path(card: MethodCard, resnet20_teacher: Path, tmp_path: Path):
+    """The fast path captures the student's `training_loss` whole; the feature terms are plain tensor code in it.
+    (On the CPU it runs eagerly; the GPU check runs the captured graph.)"""
+    main([*fit_args(card, tmp_path, resnet20_teacher), "--model.fast=true", "--trainer.max_epochs=1"])
+    entry = read_results(tmp_path)["history"][0]
+    assert math.isfinite(entry["train/loss_kd"]) and entry["train/loss_kd"] >= 0
