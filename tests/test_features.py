@@ -117,3 +117,19 @@ def test_preact_batchnorms_match_the_intermediates(name):
 def test_a_backbone_without_preact_batchnorms_says_so():
     with pytest.raises(ValueError, match="does not name the BatchNorm"):
         _model("shufflenetv2").preact_batchnorms()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_preact_in_training_mode_runs_every_batchnorm_once(name):
+    """In training mode a BatchNorm updates its statistics at each call: asking for pre-activations must not call one
+    twice (the WRNs take a stage's pre-activation from the BatchNorm that opens the next stage)."""
+    import copy
+    plain, with_pre = copy.deepcopy(_model(name)).train(), copy.deepcopy(_model(name)).train()
+    x = _images()
+    with torch.no_grad():
+        a = plain.forward_features(x)
+        b = with_pre.forward_intermediates(x, preact=True).final
+    # tol: the same operations in the same order (the ReLU out of place instead of in place): bit for bit
+    assert torch.equal(a, b)
+    for (key, v), w in zip(plain.state_dict().items(), with_pre.state_dict().values()):
+        assert torch.equal(v, w), key
