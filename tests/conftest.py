@@ -32,7 +32,9 @@ TINY_DATA = [
 #: set (`ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41`, see .ci/run), as a machine of another vendor would.
 NUMERIC_FILES = {"test_ddp.py", "test_gather.py", "test_fast_path.py", "test_resume.py", "test_rng_state.py",
                  "test_objectives.py", "test_distillation.py", "test_distillation_methods.py", "test_crd.py",
-                 "test_gate_memory.py", "test_soft_labels.py"}
+                 "test_gate_memory.py", "test_soft_labels.py", "test_features.py"}
+# The per-method files (tests/test_method_*.py, tests/test_methods_ddp.py) mark themselves (`pytestmark`), so that a
+# new method adds its test file and nothing else.
 
 
 def pytest_configure(config) -> None:

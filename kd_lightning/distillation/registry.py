@@ -11,8 +11,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable, Mapping, Optional
+
+import yaml
 
 from kd_lightning.exceptions import UserValueError
 
@@ -53,6 +56,8 @@ class MethodCard:
     pair_settings: `kd-lightning fit` arguments (dotted key -> value) that depend on the pair, keyed
                    "teacher->student"; an explicit argument of the user's wins over them
     proxy_args:    arguments added on the synthetic proxy only (an epoch count scaled from 240 to 20 epochs, say)
+    pre_phase_key: the dotted `kd-lightning fit` key of the method's pre-phase length in epochs (AB, FT, FSP train
+                   connectors or the student's features first, docs/method.md); None: no pre-phase
     """
 
     name: str
@@ -64,6 +69,7 @@ class MethodCard:
     published: tuple[PublishedTop1, ...] = ()
     pair_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     proxy_args: tuple[str, ...] = ()
+    pre_phase_key: Optional[str] = None
 
     def settings_for(self, teacher: str, student: str) -> dict[str, Any]:
         """The pair's settings (dotted key -> value); empty when the method's defaults hold for this pair."""
@@ -72,9 +78,29 @@ class MethodCard:
     def published_for(self, teacher: str, student: str) -> list[PublishedTop1]:
         return [p for p in self.published if (p.teacher, p.student) == (teacher, student)]
 
+    def distillation_spec(self, root: Optional[Path] = None) -> tuple[str, dict[str, Any]]:
+        """(class path, init_args) of the distillation term the overlay selects; the student's default (KD at T = 4)
+        when there is no overlay or it keeps the default term. `root`: the repository (default: this checkout)."""
+        default = ("kd_lightning.distillation.kd.KDLoss", {"temperature": 4.0})
+        if self.overlay is None:
+            return default
+        path = (root or Path(__file__).resolve().parents[2]) / self.overlay
+        term = ((yaml.safe_load(path.read_text()) or {}).get("model", {}).get("init_args", {}) or {}).get(
+            "distillation")
+        if term is None:
+            return default
+        return term["class_path"], dict(term.get("init_args") or {})
+
+    def distillation_class(self, root: Optional[Path] = None) -> type:
+        """The class of the distillation term the overlay selects (`distillation_spec`)."""
+        module, _, name = self.distillation_spec(root)[0].rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
 
 def _modules(package: ModuleType) -> Iterable[ModuleType]:
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):  # __main__ prints the method table
+            continue
         yield importlib.import_module(f"{package.__name__}.{info.name}")
 
 
@@ -127,3 +153,23 @@ def repdistiller_row(values: tuple[float, ...]) -> tuple[PublishedTop1, ...]:
 def published(source: str, values: Mapping[tuple[str, str], float], **kwargs: Any) -> tuple[PublishedTop1, ...]:
     """Published numbers of one source, by (teacher, student)."""
     return tuple(PublishedTop1(t, s, v, source, **kwargs) for (t, s), v in values.items())
+
+
+#: The pair whose published number the docs' method table shows (RepDistiller's and DKD's headline pair).
+HEADLINE_PAIR = ("resnet32x4", "resnet8x4")
+READS = {None: "logits / pooled", "features": "stage features", "preact": "pre-activations"}
+
+
+def method_table_markdown(cards: Optional[Iterable[MethodCard]] = None) -> str:
+    """The docs' method table, from the cards: label, paper, what it reads, pre-phase, overlay, and the published
+    top-1 on resnet32x4 -> resnet8x4. `python -m kd_lightning.distillation` prints it."""
+    rows = ["| method | paper | reads | pre-phase | overlay | published resnet32x4 → resnet8x4 |",
+            "|---|---|---|---|---|---|"]
+    for card in cards if cards is not None else method_cards():
+        cls = card.distillation_class()
+        top1 = card.published_for(*HEADLINE_PAIR)
+        pre = f"`{card.pre_phase_key}`" if card.pre_phase_key else ""
+        overlay = f"`{card.overlay}`" if card.overlay else "(default)"
+        rows.append(f"| {card.label} | {card.paper} | {READS[getattr(cls, 'needs_features', None)]} | {pre} | "
+                    f"{overlay} | {f'{top1[0].top1:.2f}' if top1 else '—'} |")
+    return "\n".join(rows)

@@ -9,7 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kd_lightning.models.base import Backbone
+from torch.nn import functional as F
+
+from kd_lightning.models.base import Backbone, Intermediates
+
+#: The stages after which an intermediate is taken: where the resolution is about to halve, and the last (RepDistiller's
+#: mobilenetv2.py f1-f4, after blocks 1, 2, 4 and 6 of the seven).
+FEATURE_STAGES = (1, 2, 4, 6)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -70,8 +76,26 @@ class MobileNetV2(Backbone):
         self.head_conv = conv_bn_relu(in_channels, last_channels, 1)
         self._build_head(last_channels, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head_conv(self.stages(self.stem(x)))
+    #: The stem ends in a ReLU; the stages end in a linear bottleneck, their own pre-activation.
+    intermediates_end_in_relu = (True, False, False, False, False)
+
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        # The stages' linear bottlenecks end on their projection's BatchNorm (plus the residual, where there is one).
+        return [self.stem[1], *(self.stages[i][-1].conv[-1] for i in FEATURE_STAGES)]
+
+    def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
+        if preact:
+            pre = self.stem[:-1](x)
+            x = F.relu(pre)
+        else:
+            x = pre = self.stem(x)
+        features, preacts = [x], [pre]
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in FEATURE_STAGES:
+                features.append(x)
+                preacts.append(x)
+        return Intermediates(self.head_conv(x), features, preacts if preact else None)
 
 
 def mobilenetv2(num_classes: int = 100) -> MobileNetV2:

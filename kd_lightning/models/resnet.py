@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from kd_lightning.models.base import Backbone
+from kd_lightning.models.base import Backbone, Intermediates, relu_with_preact, run_stage
 from kd_lightning.exceptions import UserValueError
 
 
@@ -39,10 +39,17 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self._before_relu(x))
+
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, output before the closing ReLU: the residual sum)."""
+        pre = self._before_relu(x)
+        return torch.relu(pre), pre
+
+    def _before_relu(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        return self.bn2(self.conv2(out)) + shortcut
 
 
 class ResNet(Backbone):
@@ -66,8 +73,20 @@ class ResNet(Backbone):
         self.stages = nn.Sequential(*stages)
         self._build_head(in_channels, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.relu(self.bn1(self.conv1(x))))
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        # A stage's pre-activation is its last block's bn2 output plus the shortcut (mdistiller reads bn2).
+        return [self.bn1, *(stage[-1].bn2 for stage in self.stages)]
+
+    def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
+        # Intermediates: the stem, then each stage (its last block's residual sum before the ReLU for preact).
+        pre = self.bn1(self.conv1(x))
+        x = relu_with_preact(pre, preact, self.relu)
+        features, preacts = [x], [pre]
+        for stage in self.stages:
+            x, pre = run_stage(stage, x, preact)
+            features.append(x)
+            preacts.append(pre)
+        return Intermediates(x, features, preacts if preact else None)
 
 
 def _cifar_resnet(depth: int, stem_width: int, widths: Sequence[int], num_classes: int) -> ResNet:

@@ -10,7 +10,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from kd_lightning.models.base import Backbone
+from torch.nn import functional as F
+
+from kd_lightning.models.base import Backbone, Intermediates, run_stage
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
@@ -43,6 +45,13 @@ class ShuffleBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x[:, : self.split], x[:, self.split :]
         return channel_shuffle(torch.cat([x1, self.branch(x2)], dim=1))
+
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, output before the branch's closing ReLU). The passed-through half is a ReLU output already
+        (every unit and the stem end in one), so relu(preact) is exactly the output."""
+        x1, x2 = x[:, : self.split], x[:, self.split :]
+        pre = channel_shuffle(torch.cat([x1, self.branch[:-1](x2)], dim=1))
+        return F.relu(pre), pre
 
 
 class DownBlock(nn.Module):
@@ -87,8 +96,19 @@ class ShuffleNetV2(Backbone):
         self.head_conv = nn.Sequential(*conv_bn(in_channels, head_width, 1), nn.ReLU(inplace=True))
         self._build_head(head_width, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head_conv(self.stages(self.stem(x)))
+    def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
+        # Intermediates: the stem and each stage (RepDistiller's ShuffleNetv2.py f0-f3); the 1x1 head conv is not one.
+        if preact:
+            pre = self.stem[:-1](x)
+            x = F.relu(pre)
+        else:
+            x = pre = self.stem(x)
+        features, preacts = [x], [pre]
+        for stage in self.stages:
+            x, pre = run_stage(stage, x, preact)
+            features.append(x)
+            preacts.append(pre)
+        return Intermediates(self.head_conv(x), features, preacts if preact else None)
 
 
 def shufflenetv2(num_classes: int = 100) -> ShuffleNetV2:

@@ -12,7 +12,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from kd_lightning.models.base import Backbone
+from torch.nn import functional as F
+
+from kd_lightning.models.base import Backbone, Intermediates
 
 # Output channels of each conv, stage by stage.
 VGG8_CFG = ((64,), (128,), (256,), (512,), (512,))
@@ -43,13 +45,24 @@ class VGG(Backbone):
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
         self._build_head(in_channels, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        return [stage[-2] for stage in self.stages]
+
+    def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
+        # Intermediates: each of the five stages (the first is RepDistiller's f0), before its closing ReLU for preact.
+        features, preacts = [], []
         for i, stage in enumerate(self.stages):
             # Pool after stages 0-2 always; before the last stage only if the map is still above 4x4 (64x64 input).
             if i in (1, 2, 3) or (i == 4 and x.shape[-1] > 4):
                 x = self.pool(x)
-            x = stage(x)
-        return x
+            if preact:
+                pre = stage[:-1](x)
+                x = F.relu(pre)
+                preacts.append(pre)
+            else:
+                x = stage(x)
+            features.append(x)
+        return Intermediates(x, features, preacts if preact else None)
 
 
 def vgg8(num_classes: int = 100) -> VGG:

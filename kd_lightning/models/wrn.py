@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kd_lightning.models.base import Backbone
+from kd_lightning.models.base import Backbone, Intermediates, relu_with_preact
 from kd_lightning.exceptions import UserValueError
 
 
@@ -34,7 +34,10 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = self.relu(self.bn1(x))
+        return self.forward_activated(x, self.relu(self.bn1(x)))
+
+    def forward_activated(self, x: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """The block on input `x` whose BN-ReLU `act = relu(bn1(x))` was computed by the caller."""
         shortcut = x if self.shortcut is None else self.shortcut(act)
         out = self.relu(self.bn2(self.conv1(act)))
         if self.drop_rate > 0:
@@ -65,8 +68,27 @@ class WideResNet(Backbone):
         self.relu = nn.ReLU(inplace=True)
         self._build_head(in_channels, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn1(self.stages(self.conv1(x))))
+    def preact_batchnorms(self) -> list[nn.BatchNorm2d]:
+        return [*(stage[0].bn1 for stage in self.stages), self.bn1]
+
+    def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
+        # A pre-activation net ends each stage on a conv: the BN-ReLU that activates a stage's output opens the next
+        # stage's first block (the trunk's final BN-ReLU after the last stage). The intermediate of the stem and of
+        # each stage is that activation, its pre-activation the BN output, as RepDistiller's wrn.py reads them.
+        # Each BN runs once: the block receives the activation instead of recomputing it.
+        x = self.conv1(x)
+        features, preacts = [], []
+        for stage in self.stages:
+            pre = stage[0].bn1(x)
+            act = relu_with_preact(pre, preact, self.relu)
+            features.append(act)
+            preacts.append(pre)
+            x = stage[1:](stage[0].forward_activated(x, act))
+        pre = self.bn1(x)
+        x = relu_with_preact(pre, preact, self.relu)
+        features.append(x)
+        preacts.append(pre)
+        return Intermediates(x, features, preacts if preact else None)
 
 
 def wrn_16_2(num_classes: int = 100) -> WideResNet:

@@ -18,7 +18,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from kd_lightning.models import MODEL_NAMES, create_model
+from kd_lightning.distillation.base import Outputs, network_outputs
+from kd_lightning.exceptions import UserValueError
+from kd_lightning.models import create_model, model_names, resolve_builder
 from kd_lightning.modules.teacher import CHECKPOINT_KEY
 from kd_lightning.modules.teacher_keys import FOREIGN_BACKBONES, rename_state_dict
 from kd_lightning.utils.checkpoint import CheckpointError, load_checkpoint_file
@@ -49,6 +51,12 @@ class FrozenTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
         return pooled, self.backbone.get_classifier()(pooled)
+
+    @torch.no_grad()
+    def outputs(self, x: torch.Tensor, needs_features: Optional[str] = None) -> Outputs:
+        """What a distillation term with `needs_features` reads (kd_lightning/distillation/base.py), computed in
+        eval mode without gradient: the intermediates only when asked."""
+        return network_outputs(self.backbone, x, needs_features)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         # Frozen means frozen: BatchNorm statistics must never move, whatever a trainer asks.
@@ -132,11 +140,15 @@ def load_frozen_teacher(
 def _load_kd_lightning(path: Path, checkpoint: dict, num_classes: Optional[int],
                        backbone: Optional[str]) -> FrozenTeacher:
     spec = checkpoint[CHECKPOINT_KEY]
-    if spec.get("backbone") not in MODEL_NAMES:
+    try:
+        resolve_builder(str(spec.get("backbone")))
+    except UserValueError:
         raise TeacherCheckpointError(
             f"teacher checkpoint {path} records an unknown backbone {spec.get('backbone')!r} (known: "
-            f"{', '.join(MODEL_NAMES)}); the file was edited or written by another version of kd-lightning"
-        )
+            f"{', '.join(model_names())}); a user's own backbone must be importable (its class path) or registered "
+            "(its module imported) in the student's run too, else the file was edited or written by another version "
+            "of kd-lightning"
+        ) from None
     if backbone is not None and backbone != spec["backbone"]:
         raise TeacherCheckpointError(
             f"--model.teacher_backbone={backbone} but kd-lightning teacher checkpoint {path} records backbone "

@@ -3,13 +3,22 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from jsonargparse import lazy_instance
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy
 
-from kd_lightning.distillation import DistillationObjective, KDLoss, Outputs, RKDLoss
+from kd_lightning.distillation.base import (
+    DistillationObjective,
+    Outputs,
+    feature_needs,
+    gather_outputs,
+    network_outputs,
+)
+from kd_lightning.distillation.kd import KDLoss
+from kd_lightning.distillation.rkd import RKDLoss
 from kd_lightning.fast import CompileMode
 from kd_lightning.modules.base import ClassifierModule
 from kd_lightning.modules.frozen_teacher import FrozenTeacher, load_frozen_teacher
@@ -33,8 +42,10 @@ class StudentModule(ClassifierModule):
             Needed unless both kd_weight and the RKD weights are 0 (the student trained alone).
         teacher_backbone: the architecture of a RepDistiller / mdistiller teacher file, which records none (e.g.
             resnet32x4 for save/models/resnet32x4_vanilla/ckpt_epoch_240.pth); null for kd-lightning checkpoints.
-        distillation: the distillation term (class path): KDLoss (default, T = 4), DKDLoss, DISTLoss or CRDLoss;
-            configs/student/{dkd,dist,crd}.yaml hold each paper's CIFAR-100 setting.
+        distillation: the distillation term (class path): KDLoss (default, T = 4) or any method of
+            kd_lightning/distillation/ (docs/method.md's method table); configs/student/<method>.yaml holds each
+            paper's CIFAR-100 setting. A term with a pre-phase (AB, FT, FSP) trains only its pre-phase loss for its
+            first `init_epochs` epochs; the lr milestones then count from the end of the pre-phase.
         ce_weight: α.
         kd_weight: β, the weight of the distillation term (0 with ce_weight 1: the student alone).
         distillation_warmup_epochs: ramp the distillation term linearly over the first epochs, epoch e (from 0)
@@ -96,6 +107,15 @@ class StudentModule(ClassifierModule):
                 f"model.distillation={type(distillation).__name__} cannot run on the fast path (its step draws "
                 "random negatives and updates a memory outside the captured graph); set --model.fast=false"
             )
+        self.pre_phase_epochs = distillation.pre_phase_epochs if self.use_distillation else 0
+        if fast and self.pre_phase_epochs:
+            raise UserValueError(
+                f"model.distillation={type(distillation).__name__} has a pre-phase of {self.pre_phase_epochs} "
+                "epochs whose loss differs from the student's (the fast path captures one step for the whole run); "
+                "set --model.fast=false, or --model.distillation.init_args.init_epochs=0 to skip the pre-phase"
+            )
+        # The schedule is the student training's: with a pre-phase, it starts when the pre-phase ends.
+        self._schedule["milestones"] = [m + self.pre_phase_epochs for m in self._schedule["milestones"]]
         self.use_rkd = rkd_distance_weight > 0 or rkd_angle_weight > 0
         self.rkd_loss = RKDLoss(rkd_distance_weight, rkd_angle_weight)
         needs_teacher = self.use_distillation or self.use_rkd
@@ -111,6 +131,10 @@ class StudentModule(ClassifierModule):
         self.distillation = distillation
         if teacher is not None and self.use_distillation:
             distillation.bind(self.backbone.num_features, teacher.num_features)
+            if any(feature_needs(distillation)):
+                distillation.bind_features(self.backbone.intermediate_shapes(),
+                                           teacher.backbone.intermediate_shapes())
+            distillation.bind_networks(self.backbone, teacher.backbone)
         # A tensor, not a float: the fast path's captured step reads its current value at every replay.
         self.register_buffer("distillation_ramp", torch.ones(()), persistent=False)
         self.teacher_val_acc = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
@@ -133,6 +157,7 @@ class StudentModule(ClassifierModule):
     def setup(self, stage: str) -> None:
         if stage != "fit" or not self.use_distillation:
             return
+        self._refuse_ddp_without_unused_parameters()
         train_set = getattr(self.trainer.datamodule, "train_set", None) if self.trainer.datamodule else None
         if train_set is not None:
             self.distillation.bind_train_set(len(train_set))
@@ -143,21 +168,39 @@ class StudentModule(ClassifierModule):
         if names:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, names)
 
+    def _refuse_ddp_without_unused_parameters(self) -> None:
+        # A pre-phase trains other parameters than student training does (FT's paraphraser, then its translator;
+        # AB's and FSP's student without its classifier): DDP must be told that some receive no gradient in a step.
+        strategy = self.trainer.strategy
+        if not self.pre_phase_epochs or not isinstance(strategy, pl.strategies.DDPStrategy):
+            return
+        if not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False):
+            raise UserValueError(
+                f"model.distillation={type(self.distillation).__name__} has a pre-phase that trains other parameters "
+                "than student training, which DDP refuses unless told: use "
+                "--trainer.strategy=ddp_find_unused_parameters_true")
+
     def on_train_epoch_start(self) -> None:
-        ramp = 1.0 if self.warmup_epochs == 0 else min(1.0, (self.current_epoch + 1) / self.warmup_epochs)
+        # Like the lr schedule, the warm-up is the student training's: it starts when a pre-phase ends.
+        epoch = self.current_epoch - self.pre_phase_epochs
+        ramp = 1.0 if self.warmup_epochs == 0 else min(1.0, max(epoch + 1, 0) / self.warmup_epochs)
         self.distillation_ramp.fill_(ramp)
 
     def training_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_S of one batch and its logged parts."""
         images, labels, ids = batch
-        pooled, logits = self.pooled_and_logits(images)
-        loss_ce = F.cross_entropy(logits.float(), labels)
+        needs, teacher_needs = feature_needs(self.distillation) if self.use_distillation else (None, None)
+        student = network_outputs(self.backbone, images, needs)
+        if self.pre_phase_epochs and self.current_epoch < self.pre_phase_epochs:
+            loss = self.distillation.pre_phase_loss(student, self.teacher.outputs(images, teacher_needs))
+            return loss, {"loss": loss, "loss_pre_phase": loss}
+        loss_ce = F.cross_entropy(student.logits.float(), labels)
         parts = {"loss_ce": loss_ce}
         loss = self.ce_weight * loss_ce
         if self.teacher is not None:
-            teacher_pooled, teacher_logits = self.teacher(images)
-            student = Outputs(pooled.float(), logits.float())
-            teacher = Outputs(teacher_pooled.float(), teacher_logits.float())
+            teacher = self.teacher.outputs(images, teacher_needs)
+            student = student._replace(pooled=student.pooled.float(), logits=student.logits.float())
+            teacher = teacher._replace(pooled=teacher.pooled.float(), logits=teacher.logits.float())
             if self.use_distillation:
                 parts["loss_kd"] = self._distill(student, teacher, labels, ids)
                 loss = loss + self.kd_weight * self.distillation_ramp * parts["loss_kd"]
@@ -169,8 +212,7 @@ class StudentModule(ClassifierModule):
 
     def _distill(self, student: Outputs, teacher: Outputs, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if self.gather_distributed and self.distillation.relates_batch:
-            *outputs, labels, ids = gather_batch(*student, *teacher, labels, ids)
-            student, teacher = Outputs(*outputs[:2]), Outputs(*outputs[2:])
+            student, teacher, labels, ids = gather_outputs(student, teacher, labels, ids)
         return self.distillation.distill(student, teacher, labels, ids)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
