@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from .augment import EvalTransform, TrainTransform, to_uint8_chw
 from .base import KDDataModule
 from .download import download_archive
-from kd_lightning.exceptions import UserFileError, UserValueError
+from kd_lightning.exceptions import DatasetFileError, UserFileError, UserValueError
 from kd_lightning.utils.hardware import usable_cpus
 
 TINY_MEAN = (0.4802, 0.4481, 0.3975)
@@ -39,10 +39,20 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
+
+
 def load_image(path: str) -> torch.Tensor:
     """Decode one file as uint8 [3, H, W]; grayscale, CMYK and other modes are converted to RGB."""
-    with Image.open(path) as image:
-        return to_uint8_chw(image)
+    try:
+        with Image.open(path) as image:
+            return to_uint8_chw(image)
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a truncated or non-image file
+        raise DatasetFileError(
+            f"{path} is not a readable image ({type(err).__name__}: {_first_line(err)}). "
+            f"Delete the folder {FOLDER} and rerun with --data.download=true (or re-extract {FOLDER}.zip)."
+        ) from None
 
 
 class ImageFiles(Dataset):
