@@ -71,12 +71,24 @@ def report_user_errors(prog: str = "kd-lightning", code: int = 1) -> Iterator[No
             sys.exit(code)
         if os.environ.get("KD_LIGHTNING_DEBUG"):
             raise
-        rank = _global_rank()
+        rank, message = _global_rank(), user_message(cause)
         if rank == 0:
-            sys.stderr.write(f"{prog}: error: {cause}\n")
+            sys.stderr.write(f"{prog}: error: {message}\n")
         elif not isinstance(cause, SAME_ON_EVERY_RANK):
-            sys.stderr.write(f"{prog}: error (process of rank {rank}): {cause}\n")
+            sys.stderr.write(f"{prog}: error (process of rank {rank}): {message}\n")
         sys.exit(code)
+
+
+def user_message(err: BaseException) -> str:
+    """The message of a user error. A DataLoader worker's error reaches the main process re-raised by torch with
+    the worker's traceback in its text ("Caught X in DataLoader worker process 0. Original Traceback ..."): only its
+    last line, the original message, is the user's."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
 
 
 #: Errors about a value of the command or config, which every DDP process parses alike: rank 0 alone reports them.

@@ -173,3 +173,34 @@ def test_every_exception_class_lives_in_exceptions_py():
 
     for cls in (DatasetDownloadError, FastPathRefusal, GraphUnsafeStepError, TeacherCheckpointError, CheckpointError):
         assert cls is getattr(exceptions, cls.__name__) and issubclass(cls, exceptions.KDLightningError)
+
+
+# --- Tiny-ImageNet files ------------------------------------------------------------------------------------------
+def test_unreadable_tiny_imagenet_files_are_user_errors_naming_the_file(tmp_path):
+    from kd_lightning.data.tiny_imagenet import load_image, read_wnids
+
+    image = tmp_path / "n01443537_0.JPEG"
+    image.write_bytes(b"\xff\xd8\xff\xe0 not the rest of a JPEG")  # a JPEG's first bytes, then nothing usable
+    with pytest.raises(exceptions.DatasetFileError, match=rf"^{image} is not a readable image \(") as caught:
+        load_image(str(image))
+    assert "\n" not in str(caught.value) and "--data.download=true" in str(caught.value)
+    wnids = tmp_path / "wnids.txt"
+    wnids.write_bytes(b"n01443537\n\xff\xfe\x00binary\n")
+    with pytest.raises(exceptions.DatasetFileError, match=rf"^{wnids} is not a readable Tiny-ImageNet text file"):
+        read_wnids(str(wnids))
+
+
+def test_an_error_raised_in_a_loader_worker_is_reported_without_the_workers_traceback(monkeypatch, capsys):
+    from torch.utils.data import DataLoader, Dataset
+
+    class Unreadable(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index: int):
+            raise exceptions.DatasetFileError(f"/data/img_{index}.JPEG is not a readable image")
+
+    monkeypatch.delenv("KD_LIGHTNING_DEBUG", raising=False)
+    with pytest.raises(SystemExit), report_user_errors():
+        next(iter(DataLoader(Unreadable(), num_workers=1)))
+    assert capsys.readouterr().err == "kd-lightning: error: /data/img_0.JPEG is not a readable image\n"
