@@ -6,7 +6,8 @@ earlier epoch and redo (differently) the epochs after it. This subclass therefor
 Lightning and writes `last.ckpt` itself at every training epoch end (after that epoch's validation and top-k save),
 through public API only: the `on_train_epoch_end` hook, `format_checkpoint_name`, `last_model_path` and
 `Trainer.save_checkpoint`. `--ckpt_path last` finds it as Lightning's own (a `last*.ckpt` in the callback's dirpath).
-It also never writes a checkpoint because training diverged: the last good one is what a user resumes from.
+It also never writes a checkpoint because training diverged: the last good one is what a user resumes from. With
+`save_on_exception=true` the exception's checkpoint gets its own name and `last.ckpt` stays the last finished epoch's.
 
 Every checkpoint (best and last) is written atomically by AtomicCheckpointIO (kd_lightning/utils/
 atomic_checkpoint_io.py), which `setup` installs on the trainer's strategy: a kill or a full disk mid-write leaves the
