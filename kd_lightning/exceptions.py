@@ -1,7 +1,8 @@
 """The errors a user can cause, in a module that imports nothing.
 
 Every error that our own code raises because of user input (a config, a command-line value, a file, a row of a
-table) derives from KDLightningError: the CLI and the table runner print those as one line (kd_lightning/errors.py).
+table) derives from KDLightningError: the CLI and the table runner print those as one line
+(kd_lightning/error_report.py). Every exception class of the package lives here, so there is one place to look.
 Anything else is a bug and keeps its traceback. Any package may raise these without importing another
 (kd_lightning/fast raises NonFiniteLossError, which the modules built on it re-export).
 
@@ -36,6 +37,31 @@ class RowError(KDLightningError, ValueError):
 
 class DiskFullError(KDLightningError, OSError):
     """A write ran out of space; the message names the file and how to continue."""
+
+
+class CheckpointError(KDLightningError, ValueError):
+    """A checkpoint file is missing, truncated, not a checkpoint, or refers to code."""
+
+
+class TeacherCheckpointError(CheckpointError):
+    """The teacher checkpoint is missing, unreadable, or does not fit the student's data."""
+
+
+class DatasetFileError(KDLightningError, ValueError):
+    """A data set file on disk that cannot be read (corrupt, truncated, or a pickle that would run code)."""
+
+
+class DatasetDownloadError(KDLightningError, RuntimeError):
+    """The archive could not be downloaded or extracted; the message says what to do by hand."""
+
+
+class FastPathRefusal(UserValueError):
+    """A trainer setting the fast path cannot run with; the message names the setting and the fix."""
+
+
+class GraphUnsafeStepError(UserValueError):
+    """The training step contains an op a CUDA graph cannot hold; the message names it, where it is, and the
+    option that turns the graph off."""
 
 
 class StaleRunError(KDLightningError, ValueError):

@@ -19,6 +19,7 @@ import torch
 
 from conftest import needs_cuda
 from fixtures_data import write_cifar100
+from kd_lightning.exceptions import FastPathRefusal, UserValueError
 from kd_lightning.data import CIFAR100DataModule, SyntheticDataModule
 from kd_lightning.fast import CapturedStep, DeviceMetrics, InStepSGD
 from kd_lightning.modules import NonFiniteLossError, StudentModule, TeacherModule
@@ -249,14 +250,16 @@ def test_steps_per_batch_needs_a_loader_that_groups_steps():
     data = SyntheticDataModule(num_classes=5, train_size=64, val_size=16, test_size=16, image_size=16,
                                batch_size=16, num_workers=0)
     module = TeacherModule(backbone="resnet8", num_classes=5, memory_size=4, fast=True, steps_per_batch=2)
-    with pytest.raises(ValueError, match="does not group steps"):
+    with pytest.raises(FastPathRefusal, match="does not group steps"):
         fit(module, data, max_steps=2)
 
 
 def test_fast_options_need_fast():
-    with pytest.raises(ValueError, match="only apply to the fast path"):
+    with pytest.raises(UserValueError, match=r"^model.compile='default' only applies to the fast path"):
         TeacherModule(backbone="resnet8", num_classes=5, compile="default")
-    with pytest.raises(ValueError, match="steps_per_batch must be >= 1"):
+    with pytest.raises(UserValueError, match=r"^model.compile='default' and model.steps_per_batch=2 only apply to"):
+        TeacherModule(backbone="resnet8", num_classes=5, compile="default", steps_per_batch=2)
+    with pytest.raises(UserValueError, match="steps_per_batch must be >= 1"):
         StudentModule(backbone="resnet8", num_classes=5, kd_weight=0, fast=True, steps_per_batch=0)
 
 

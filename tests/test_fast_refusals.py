@@ -9,7 +9,8 @@ import torch
 
 from kd_lightning.data import SyntheticDataModule
 from kd_lightning.exceptions import KDLightningError
-from kd_lightning.fast.refusals import FastPathRefusal, refuse_unsupported
+from kd_lightning.exceptions import FastPathRefusal
+from kd_lightning.fast.refusals import refuse_unsupported
 from kd_lightning.modules import TeacherModule
 
 

@@ -15,7 +15,8 @@ import torch
 from conftest import needs_cuda
 from kd_lightning.distillation import CRDLoss, DISTLoss, DKDLoss, KDLoss
 from kd_lightning.fast.graph import CapturedStep
-from kd_lightning.fast.trace import GRAPH_OFF, GraphUnsafeStepError, traced
+from kd_lightning.exceptions import GraphUnsafeStepError
+from kd_lightning.fast.trace import GRAPH_OFF, traced
 from kd_lightning.modules import StudentModule, TeacherModule
 
 N, C = 8, 10

@@ -67,3 +67,43 @@ def test_a_full_disk_ends_the_run_with_one_line_and_keeps_last_ckpt(small_disk):
     resumed = run_cli(teacher_args(run_dir, "--ckpt_path=last", epochs=2))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["status"] == "complete"
+
+
+# --- the CheckpointIO plugin itself (no mount needed) ---------------------------------------------------------------
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_atomic_checkpoint_io_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch, failing):
+    import errno
+
+    from kd_lightning.exceptions import DiskFullError
+    from kd_lightning.utils.atomic_checkpoint_io import AtomicCheckpointIO
+
+    io, target = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 0, "w": torch.zeros(3)}, target)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, failing, no_space)
+    with pytest.raises(DiskFullError, match=f"while writing checkpoint {target}; the previous last.ckpt is unchanged"):
+        io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["epoch"] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "the temporary file was left behind"
+
+
+def test_run_checkpoint_installs_the_atomic_io_but_keeps_a_users_own(tmp_path):
+    import pytorch_lightning as pl
+    from lightning_fabric.plugins import TorchCheckpointIO
+
+    from kd_lightning.callbacks import RunCheckpoint
+    from kd_lightning.utils.atomic_checkpoint_io import AtomicCheckpointIO
+
+    class UsersIO(TorchCheckpointIO):
+        pass
+
+    for plugins, expected in (([], AtomicCheckpointIO), ([UsersIO()], UsersIO)):
+        callback = RunCheckpoint(dirpath=str(tmp_path), save_last=True)
+        trainer = pl.Trainer(accelerator="cpu", callbacks=[callback], plugins=plugins, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False)
+        callback.setup(trainer, pl.LightningModule(), "fit")
+        assert type(trainer.strategy.checkpoint_io) is expected

@@ -29,3 +29,13 @@ def test_single_process_and_resumed_fit_keep_the_seeded_states():
     expected = torch.rand(4)
     assert torch.equal(draws_after_fit_start(1, 0), expected)
     assert torch.equal(draws_after_fit_start(2, 1, pending=[{}]), expected)
+
+
+def test_the_private_lightning_name_rng_state_relies_on_still_exists():
+    """RNGState re-creates `trainer.fit_loop._data_fetcher`'s iterator after restoring the states (private API, see
+    its comment): when a Lightning upgrade renames it, this fails instead of resumes silently drawing other batches."""
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    assert hasattr(trainer.fit_loop, "_data_fetcher"), f"pytorch-lightning {pl.__version__} renamed it"
+    from pytorch_lightning.loops.fetchers import _DataFetcher
+
+    assert callable(getattr(_DataFetcher, "__iter__", None))

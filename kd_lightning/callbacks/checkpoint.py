@@ -2,69 +2,56 @@
 
 Lightning 2.6's ModelCheckpoint writes `last.ckpt` only at a step where it also wrote a top-k checkpoint, so with
 `save_top_k=1` the "last" checkpoint stays at the best epoch: `--ckpt_path last` would then silently resume from an
-earlier epoch and redo (differently) the epochs after it. This subclass writes `last.ckpt` at every epoch end.
-It also never writes a checkpoint because training diverged: the last good one is what a user resumes from.
+earlier epoch and redo (differently) the epochs after it. This subclass therefore takes `save_last=True` over from
+Lightning and writes `last.ckpt` itself at every training epoch end (after that epoch's validation and top-k save),
+through public API only: the `on_train_epoch_end` hook, `format_checkpoint_name`, `last_model_path` and
+`Trainer.save_checkpoint`. `--ckpt_path last` finds it as Lightning's own (a `last*.ckpt` in the callback's dirpath).
+It also never writes a checkpoint because training diverged: the last good one is what a user resumes from. With
+`save_on_exception=true` the exception's checkpoint gets its own name and `last.ckpt` stays the last finished epoch's.
 
-Every checkpoint is written atomically: to a temporary file in the same folder, fsynced, then renamed over the old
-one (os.replace), so a kill or a full disk mid-write leaves the previous `last.ckpt` whole and loadable. A full disk
-ends the run with DiskFullError naming the file and how to continue (one line from the CLI).
+Every checkpoint (best and last) is written atomically by AtomicCheckpointIO (kd_lightning/utils/
+atomic_checkpoint_io.py), which `setup` installs on the trainer's strategy: a kill or a full disk mid-write leaves the
+previous file whole and loadable, and a full disk ends the run with DiskFullError naming the file and how to continue.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from typing import Any, Literal, Optional, Union
 from weakref import proxy
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
-from kd_lightning.exceptions import DiskFullError, NonFiniteLossError
-from kd_lightning.utils.atomic import fsync_dir, is_disk_full
+from kd_lightning.exceptions import NonFiniteLossError
+from kd_lightning.utils.atomic_checkpoint_io import install_atomic_checkpoint_io
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint (same arguments) whose `save_last` writes `last.ckpt` after every epoch."""
+    """ModelCheckpoint (same arguments) whose `save_last=True` writes `last.ckpt` after every training epoch.
 
-    def _save_last_if_behind(self, trainer: pl.Trainer) -> None:
-        # Skipped when this step was already saved (then Lightning wrote last.ckpt too), during sanity checks and
-        # outside fit.
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    Args:
+        save_last: True: write `last.ckpt` at the end of every training epoch (what `--ckpt_path last` resumes
+            from); "link" or False: Lightning's own behaviour.
+    """
+
+    def __init__(self, save_last: Optional[Union[bool, Literal["link"]]] = None, **kwargs: Any) -> None:
+        # save_last=True is ours (every epoch); "link" and False stay Lightning's.
+        super().__init__(save_last=None if save_last is True else save_last, **kwargs)
+        self.every_epoch_last = save_last is True
+        self.last_written_step: Optional[int] = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        install_atomic_checkpoint_io(trainer.strategy)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_behind(trainer)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_behind(trainer)
-
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        # ModelCheckpoint._save_checkpoint, with the write made atomic (temp file, fsync, rename).
-        target = Path(filepath)
-        tmp = target.with_name(f".{target.name}.tmp")  # one name on every rank: only rank 0 writes it
-        try:
-            trainer.save_checkpoint(str(tmp), self.save_weights_only)
-            if trainer.is_global_zero:
-                with open(tmp, "rb+") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(tmp, target)
-                fsync_dir(target.parent)
-        except BaseException as err:
-            if trainer.is_global_zero:
-                tmp.unlink(missing_ok=True)  # frees the space a cut-off write took, for results.json
-            if is_disk_full(err):
-                raise DiskFullError(
-                    f"no space left on the device while writing checkpoint {target}; the previous {target.name} is "
-                    f"unchanged: free space in {target.parent} and rerun the same command with --ckpt_path last "
-                    "to continue from it"
-                ) from err
-            raise
-        trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
+        super().on_train_epoch_end(trainer, pl_module)  # Lightning's top-k (best) save, when it saves at epoch end
+        if (not self.every_epoch_last or trainer.sanity_checking or trainer.fast_dev_run
+                or trainer.state.fn != TrainerFn.FITTING or self.last_written_step == trainer.global_step):
+            return
+        self.last_model_path = self.format_checkpoint_name(dict(trainer.callback_metrics), self.CHECKPOINT_NAME_LAST)
+        trainer.save_checkpoint(self.last_model_path, self.save_weights_only)  # the path is part of the state
+        self.last_written_step = trainer.global_step
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))

@@ -91,6 +91,11 @@ class RNGState(pl.Callback):
         if self._pending is None:
             return
         self._restore(trainer)
+        # PRIVATE LIGHTNING API, tested with pytorch-lightning 2.6.6 (tests/test_rng_state.py fails when the name
+        # disappears): no public hook runs between restoring the checkpoint and FitLoop.setup_data creating the
+        # iterator that a resumed epoch reads. Restoring earlier (on_fit_start) is not enough: with persistent loader
+        # workers, setup_data then draws the workers' base seed from the restored states, which the uninterrupted
+        # run (whose workers live on) never draws, and its batch order shifts (tests/test_workers.py).
         fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
         if fetcher is not None:
             iter(fetcher)

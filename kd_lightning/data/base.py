@@ -10,7 +10,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
+
 from kd_lightning.exceptions import UserValueError
 
 
@@ -47,7 +49,9 @@ class KDDataModule(pl.LightningDataModule):
         num_workers: loader processes per device.
         pin_memory: page-locked host buffers (faster host-to-GPU copies).
         persistent_workers: keep loader processes alive between epochs.
-        eval_batch_size: global batch for validation and test (no gradients, so larger is faster).
+        eval_batch_size: global batch for validation and test (no gradients, so larger is faster). It need not
+            split evenly over the processes: each loads `ceil(eval_batch_size / world_size)`, which changes no
+            metric (evaluation sums over images, and BatchNorm uses its running statistics).
         views: training views per image when no LightningModule says (its `train_views` attribute wins).
     """
 
@@ -68,6 +72,8 @@ class KDDataModule(pl.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise UserValueError(f"data.batch_size must be a positive integer, got {batch_size}")
+        if eval_batch_size < 1:
+            raise UserValueError(f"data.eval_batch_size must be a positive integer, got {eval_batch_size}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -92,13 +98,22 @@ class KDDataModule(pl.LightningDataModule):
         return trainer.world_size if trainer is not None else 1
 
     def per_device_batch(self, global_batch: int) -> int:
+        """The training batch each process loads: `data.batch_size` is the global batch of one optimizer step, so
+        it must split evenly (otherwise the recipe would change with the number of GPUs)."""
         world = self.world_size
         if global_batch % world:
+            lower, upper = global_batch - global_batch % world, global_batch + world - global_batch % world
+            nearest = f"{lower} or {upper}" if lower else str(upper)
             raise UserValueError(
-                f"data.batch_size={global_batch} is the global batch and must be divisible by the number of "
-                f"processes ({world}); choose a multiple of {world}."
+                f"data.batch_size={global_batch} is the global training batch and must split evenly over the "
+                f"{world} processes (each loads batch_size / {world}); set --data.batch_size to a multiple of "
+                f"{world}, e.g. {nearest}, or change the number of processes."
             )
         return global_batch // world
+
+    def per_device_eval_batch(self) -> int:
+        """The evaluation batch each process loads: `ceil(eval_batch_size / world_size)` (see the class docstring)."""
+        return -(-self.eval_batch_size // self.world_size)
 
     @property
     def train_views(self) -> int:
@@ -106,11 +121,17 @@ class KDDataModule(pl.LightningDataModule):
         module = trainer.lightning_module if trainer is not None else None
         return getattr(module, "train_views", self.views) if module is not None else self.views
 
-    def _loader(self, dataset: Dataset, global_batch: int, train: bool) -> DataLoader:
+    def _fitting(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.state.fn == TrainerFn.FITTING
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        if not train and self._fitting():
+            self.per_device_batch(self.batch_size)  # a fit's bad batch size is refused before the sanity check runs
         workers = self.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.per_device_batch(global_batch),
+            batch_size=self.per_device_batch(self.batch_size) if train else self.per_device_eval_batch(),
             shuffle=train,
             drop_last=train,
             num_workers=workers,
@@ -120,12 +141,12 @@ class KDDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup('fit') was not called"
-        return self._loader(IndexedViews(self.train_set, self.train_transform, self.train_views), self.batch_size, True)
+        return self._loader(IndexedViews(self.train_set, self.train_transform, self.train_views), True)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "setup('fit') was not called"
-        return self._loader(IndexedViews(self.val_set, self.eval_transform), self.eval_batch_size, False)
+        return self._loader(IndexedViews(self.val_set, self.eval_transform), False)
 
     def test_dataloader(self) -> DataLoader:
         assert self.test_set is not None, "setup('test') was not called"
-        return self._loader(IndexedViews(self.test_set, self.eval_transform), self.eval_batch_size, False)
+        return self._loader(IndexedViews(self.test_set, self.eval_transform), False)

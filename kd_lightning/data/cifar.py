@@ -13,7 +13,7 @@ from .augment import EvalTransform, TrainTransform
 from .base import KDDataModule
 from .download import download_archive
 from .gpu_resident import GPUResidentMixin
-from kd_lightning.exceptions import UserFileError, UserValueError
+from kd_lightning.exceptions import DatasetFileError, UserFileError, UserValueError
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -60,18 +60,23 @@ def read_cifar_pickle(path: str) -> dict[str, Any]:
         # latin1 is what decoding the original Python 2 numpy pickles needs (torchvision does the same).
         entry = _ArraysOnly(f, encoding="latin1").load()
     if not isinstance(entry, dict):
-        raise UserValueError(f"{path} is not a CIFAR pickle (a dict), got {type(entry).__name__}")
+        raise DatasetFileError(f"{path} is not a CIFAR pickle (a dict), got {type(entry).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
-def _unreadable(path: str, err: Exception) -> ValueError:
-    return ValueError(
-        f"{path} is not a readable CIFAR-100 file ({type(err).__name__}: {err}). Delete the folder "
+def _unreadable(path: str, err: Exception) -> DatasetFileError:
+    # The first line only: a parser's message can run over several (and a user error is one line).
+    detail = (str(err).strip().splitlines() or [""])[0]
+    return DatasetFileError(
+        f"{path} is not a readable CIFAR-100 file ({type(err).__name__}: {detail}). Delete the folder "
         f"{os.path.dirname(path)} and rerun with --data.download=true."
     )
 
 
-_READ_ERRORS = (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError)
+# Whatever a corrupt, truncated or tampered file makes the unpickler or numpy raise; OSError covers a file that
+# cannot be opened at all (a folder in its place, no permission).
+_READ_ERRORS = (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError,
+                OSError)
 
 
 def load_cifar100_split(path: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,12 +91,13 @@ def load_cifar100_split(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     except _READ_ERRORS as err:
         raise _unreadable(path, err) from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
-        raise UserValueError(
+        raise DatasetFileError(
             f"{path}: expected data [N, 3072] and N fine_labels, got data {data.shape} and {labels.shape[0]} labels. "
             f"Delete {os.path.dirname(path)} and rerun with --data.download=true."
         )
     if labels.size and (labels.min() < 0 or labels.max() >= 100):
-        raise UserValueError(f"{path}: fine_labels outside 0..99 (min {labels.min()}, max {labels.max()})")
+        raise DatasetFileError(f"{path}: fine_labels outside 0..99 (min {labels.min()}, max {labels.max()}). Delete "
+                               f"{os.path.dirname(path)} and rerun with --data.download=true.")
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(labels)
 

@@ -1,11 +1,9 @@
 """Fetching a data set's official archive, with one clear message when it cannot be had."""
 from __future__ import annotations
 
-from kd_lightning.exceptions import KDLightningError
+from kd_lightning.exceptions import DatasetDownloadError
 
-
-class DatasetDownloadError(KDLightningError, RuntimeError):
-    """The archive could not be downloaded or extracted; the message says what to do by hand."""
+__all__ = ["DatasetDownloadError", "download_archive"]
 
 
 def download_archive(name: str, url: str, root: str, filename: str, md5: str, folder: str) -> None:

@@ -49,7 +49,7 @@ class MultiViewSpec:
     noise_std: float = 0.5
 
     def validate(self) -> None:
-        """Raise one ValueError naming the first bad value and the fix."""
+        """Raise one UserValueError naming the first bad value (its data.* key) and the fix."""
         checks = [
             (self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}"),
             (self.features_per_class >= 1, f"features_per_class must be >= 1, got {self.features_per_class}"),
@@ -69,7 +69,7 @@ class MultiViewSpec:
         ]
         for ok, message in checks:
             if not ok:
-                raise UserValueError(f"SyntheticDataModule: {message}; change it in the data config.")
+                raise UserValueError(f"SyntheticDataModule: data.{message}; change it in the data config.")
 
 
 def default_patch_size(image_size: int) -> int:
@@ -256,10 +256,10 @@ class SyntheticDataModule(KDDataModule):
         for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if size < 1:
                 raise UserValueError(
-                    f"SyntheticDataModule: {name} must be >= 1, got {size}; change it in the data config."
+                    f"SyntheticDataModule: data.{name} must be >= 1, got {size}; change it in the data config."
                 )
         if augment not in ("noise", "none"):
-            raise UserValueError(f"SyntheticDataModule: augment must be 'noise' or 'none', got {augment!r}.")
+            raise UserValueError(f"SyntheticDataModule: data.augment must be 'noise' or 'none', got {augment!r}.")
         self.spec = MultiViewSpec(
             num_classes=num_classes,
             features_per_class=features_per_class,

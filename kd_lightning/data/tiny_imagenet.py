@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from .augment import EvalTransform, TrainTransform, to_uint8_chw
 from .base import KDDataModule
 from .download import download_archive
-from kd_lightning.exceptions import UserFileError, UserValueError
+from kd_lightning.exceptions import DatasetFileError, UserFileError, UserValueError
 from kd_lightning.utils.hardware import usable_cpus
 
 TINY_MEAN = (0.4802, 0.4481, 0.3975)
@@ -39,10 +39,20 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
+
+
 def load_image(path: str) -> torch.Tensor:
     """Decode one file as uint8 [3, H, W]; grayscale, CMYK and other modes are converted to RGB."""
-    with Image.open(path) as image:
-        return to_uint8_chw(image)
+    try:
+        with Image.open(path) as image:
+            return to_uint8_chw(image)
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a truncated or non-image file
+        raise DatasetFileError(
+            f"{path} is not a readable image ({type(err).__name__}: {_first_line(err)}). "
+            f"Delete the folder {FOLDER} and rerun with --data.download=true (or re-extract {FOLDER}.zip)."
+        ) from None
 
 
 class ImageFiles(Dataset):
@@ -75,9 +85,21 @@ class ImageFiles(Dataset):
         return load_image(self.samples[index][0]), label
 
 
+def read_text_lines(path: str) -> list[str]:
+    """The lines of one of the release's text files; a file that is not UTF-8 text (or cannot be read) is a
+    DatasetFileError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetFileError(
+            f"{path} is not a readable Tiny-ImageNet text file ({type(err).__name__}: {_first_line(err)}). "
+            f"Re-extract {FOLDER}.zip (or delete the folder and rerun with --data.download=true)."
+        ) from None
+
+
 def read_wnids(path: str) -> list[str]:
-    with open(path) as f:
-        wnids = [line.strip() for line in f if line.strip()]
+    wnids = [line.strip() for line in read_text_lines(path) if line.strip()]
     if len(set(wnids)) != len(wnids):
         raise UserValueError(f"{path} lists a wnid twice; each line must be a distinct class")
     return wnids
@@ -179,10 +201,9 @@ class TinyImageNetDataModule(KDDataModule):
         if not os.path.isfile(path):
             return None
         words: dict[str, str] = {}
-        with open(path) as f:
-            for line in f:
-                wnid, _, name = line.rstrip("\n").partition("\t")
-                words[wnid] = name
+        for line in read_text_lines(path):
+            wnid, _, name = line.partition("\t")
+            words[wnid] = name
         return [words.get(w, w) for w in self.wnids]
 
     def _train_samples(self) -> tuple[list[tuple[str, int]], dict[str, Optional[int]]]:
@@ -203,20 +224,19 @@ class TinyImageNetDataModule(KDDataModule):
         present = set(list_images(folder))
         labelled: dict[str, int] = {}
         unknown, absent = [], []
-        with open(ann) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) < 2:
-                    raise UserValueError(f"{ann} line {lineno}: expected 'filename<TAB>wnid<TAB>bbox...', got {line!r}")
-                name, wnid = fields[0], fields[1]
-                if wnid not in index:
-                    unknown.append(f"{name} -> {wnid}")
-                elif name not in present:
-                    absent.append(name)
-                else:
-                    labelled[name] = index[wnid]
+        for lineno, line in enumerate(read_text_lines(ann), 1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) < 2:
+                raise DatasetFileError(f"{ann} line {lineno}: expected 'filename<TAB>wnid<TAB>bbox...', got {line!r}")
+            name, wnid = fields[0], fields[1]
+            if wnid not in index:
+                unknown.append(f"{name} -> {wnid}")
+            elif name not in present:
+                absent.append(name)
+            else:
+                labelled[name] = index[wnid]
         # A label the class list cannot map, or an annotation without its image, is an error even with verify=false.
         if unknown:
             raise UserValueError(

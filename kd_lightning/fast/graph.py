@@ -25,7 +25,8 @@ import traceback
 import torch
 from torch import Tensor
 
-from kd_lightning.fast.trace import GRAPH_OFF, GraphUnsafeStepError, first_line
+from kd_lightning.exceptions import GraphUnsafeStepError
+from kd_lightning.fast.trace import GRAPH_OFF, first_line
 
 
 class CapturedStep:

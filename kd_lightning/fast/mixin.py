@@ -15,7 +15,8 @@ from typing import Any, Iterable, Optional
 import torch
 
 from kd_lightning.fast.optim import InStepSGD
-from kd_lightning.fast.step import COMPILE_CHOICES, FastStep
+from kd_lightning.exceptions import UserValueError
+from kd_lightning.fast.step import FastStep, check_fast_options
 
 
 class FastPathMixin:
@@ -25,15 +26,16 @@ class FastPathMixin:
 
     def init_fast_path(self, fast: bool, compile: Optional[str], cuda_graph: bool, steps_per_batch: int) -> None:
         """Validates the fast-path options and switches the module to manual optimization when `fast`."""
-        if compile is not None and compile not in COMPILE_CHOICES:
-            raise ValueError(f"model.compile must be one of {', '.join(COMPILE_CHOICES)} or null, got {compile!r}")
-        if steps_per_batch < 1:
-            raise ValueError(f"model.steps_per_batch must be >= 1, got {steps_per_batch}")
-        if not fast and (compile is not None or steps_per_batch != 1):
-            raise ValueError(
-                f"model.compile={compile!r} and model.steps_per_batch={steps_per_batch} only apply to the fast path: "
-                "add --model.fast=true (or use configs/fast/cifar100.yaml)"
-            )
+        check_fast_options(compile, steps_per_batch)
+        if not fast:
+            # Name only the keys the user set: the others are at their defaults.
+            set_keys = [f"model.{key}={value!r}" for key, value, default in
+                        (("compile", compile, None), ("steps_per_batch", steps_per_batch, 1)) if value != default]
+            if set_keys:
+                raise UserValueError(
+                    f"{' and '.join(set_keys)} only {'applies' if len(set_keys) == 1 else 'apply'} to the fast path: "
+                    "add --model.fast=true (or use configs/fast/cifar100.yaml), or drop "
+                    f"{' and '.join(k.split('=')[0] for k in set_keys)}")
         self.fast_path = FastStep(self, compile, cuda_graph, steps_per_batch) if fast else None
         if fast:
             # The fast step runs backward and the update itself (inside its CUDA graph); Lightning still counts

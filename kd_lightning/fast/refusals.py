@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
-from kd_lightning.exceptions import UserValueError
+from kd_lightning.exceptions import FastPathRefusal
+
+__all__ = ["FastPathRefusal", "GRADIENT_HOOKS", "gradient_reading_callbacks", "refuse_unsupported"]
 
 GRADIENT_HOOKS = ("on_after_backward", "on_before_optimizer_step")
-
-
-class FastPathRefusal(UserValueError):
-    """A trainer setting the fast path cannot run with; the message names the setting and the fix."""
 
 
 def gradient_reading_callbacks(trainer: "pl.Trainer") -> list[str]:

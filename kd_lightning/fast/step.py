@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, get_args
 import torch
 from torch import Tensor
 
-from kd_lightning.exceptions import NonFiniteLossError
+from kd_lightning.exceptions import FastPathRefusal, NonFiniteLossError, UserValueError
 from kd_lightning.fast.graph import CapturedStep
 from kd_lightning.fast.metrics import DeviceMetrics, NonFiniteRecord
 from kd_lightning.fast.optim import InStepSGD
@@ -44,12 +44,20 @@ SELF_GRAPHED_MODES = ("reduce-overhead", "max-autotune")
 DEBUG_BACKENDS = ("eager", "aot_eager")
 
 
+def check_fast_options(compile: Optional[str], steps_per_batch: int) -> None:
+    """Refuses a `model.compile` or `model.steps_per_batch` value the fast path does not know (a user error)."""
+    if compile is not None and compile not in COMPILE_CHOICES:
+        raise UserValueError(f"model.compile must be one of {', '.join(COMPILE_CHOICES)} or null, got {compile!r}")
+    if steps_per_batch < 1:
+        raise UserValueError(f"model.steps_per_batch must be >= 1, got {steps_per_batch}; use 1 for one optimizer "
+                             "step per batch")
+
+
 def compile_loss(fn: Callable, compile: Optional[str]) -> Callable:
     """`fn` compiled as the `compile` option says (None: unchanged)."""
     if compile is None:
         return fn
-    if compile not in COMPILE_CHOICES:
-        raise ValueError(f"model.compile must be one of {', '.join(COMPILE_CHOICES)} or null, got {compile!r}")
+    check_fast_options(compile, 1)
     if compile in DEBUG_BACKENDS:
         return torch.compile(fn, backend=compile, dynamic=False)
     return torch.compile(fn, mode=compile, dynamic=False)
@@ -71,10 +79,7 @@ class FastStep:
 
     def __init__(self, module: "pl.LightningModule", compile: Optional[str] = None, cuda_graph: bool = True,
                  steps_per_batch: int = 1, warmup: int = 3) -> None:
-        if steps_per_batch < 1:
-            raise ValueError(f"model.steps_per_batch must be >= 1, got {steps_per_batch}")
-        if compile is not None and compile not in COMPILE_CHOICES:
-            raise ValueError(f"model.compile must be one of {', '.join(COMPILE_CHOICES)} or null, got {compile!r}")
+        check_fast_options(compile, steps_per_batch)
         # Not a registered attribute of the module (a plain object): it holds the module, not the reverse graph.
         self._module_ref = module
         self.compile, self.cuda_graph, self.steps_per_batch, self.warmup = compile, cuda_graph, steps_per_batch, warmup
@@ -99,7 +104,7 @@ class FastStep:
         trainer = module.trainer
         refuse_unsupported(trainer)
         if trainer.world_size > 1:
-            raise ValueError(
+            raise FastPathRefusal(
                 f"model.fast=true runs a single process, but the trainer has {trainer.world_size}; for multi-GPU "
                 "runs drop the fast overlay (or set --model.fast=false)"
             )
@@ -168,7 +173,7 @@ class FastStep:
             return batch_rows
         datamodule = getattr(self.module.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "per_device_batch"):
-            raise ValueError("model.steps_per_batch > 1 needs a kd_lightning data module (its per-device batch size "
+            raise FastPathRefusal("model.steps_per_batch > 1 needs a kd_lightning data module (its per-device batch size "
                              "is the step's batch); use model.steps_per_batch=1 with other data")
         return datamodule.per_device_batch(datamodule.batch_size)
 
@@ -185,7 +190,7 @@ class FastStep:
         per_step = self.step_batch_size(rows)
         end_of_epoch = trainer.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
         if rows < per_step * self.steps_per_batch and not end_of_epoch:
-            raise ValueError(
+            raise FastPathRefusal(
                 f"model.steps_per_batch={self.steps_per_batch} expects {self.steps_per_batch} x {per_step} images per "
                 f"training batch but got {rows}: the data module does not group steps; use "
                 "--data.gpu_resident=true (CIFAR-100) or --model.steps_per_batch=1"

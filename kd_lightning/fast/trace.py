@@ -22,16 +22,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
-from kd_lightning.exceptions import UserValueError
+from kd_lightning.exceptions import GraphUnsafeStepError
 
 #: The option that turns the whole-step graph off (the step then runs eagerly, or compiled without a graph).
 GRAPH_OFF = "--model.cuda_graph=false"
 _SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
-
-
-class GraphUnsafeStepError(UserValueError):
-    """The training step contains an op a CUDA graph cannot hold; the message names it, where it is, and the
-    option that turns the graph off."""
 
 
 def first_line(err: BaseException) -> str:

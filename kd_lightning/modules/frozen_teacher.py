@@ -23,14 +23,11 @@ from kd_lightning.exceptions import UserValueError
 from kd_lightning.models import create_model, model_names, resolve_builder
 from kd_lightning.modules.teacher import CHECKPOINT_KEY
 from kd_lightning.modules.teacher_keys import FOREIGN_BACKBONES, rename_state_dict
-from kd_lightning.utils.checkpoint import CheckpointError, load_checkpoint_file
+from kd_lightning.exceptions import TeacherCheckpointError
+from kd_lightning.utils.checkpoint import load_checkpoint_file
 
 #: Where RepDistiller (`model`) and some of its forks (`net`) keep the network's state_dict in a teacher file.
 FOREIGN_STATE_KEYS = ("model", "net")
-
-
-class TeacherCheckpointError(CheckpointError):
-    """The teacher checkpoint is missing, unreadable, or does not fit the student's data."""
 
 
 class FrozenTeacher(nn.Module):

@@ -13,11 +13,9 @@ from typing import Any
 
 import torch
 
-from kd_lightning.exceptions import KDLightningError
+from kd_lightning.exceptions import CheckpointError
 
-
-class CheckpointError(KDLightningError, ValueError):
-    """A checkpoint file is missing, truncated, not a checkpoint, or refers to code."""
+__all__ = ["CheckpointError", "load_checkpoint_file"]
 
 
 def _first_line(err: BaseException) -> str:
