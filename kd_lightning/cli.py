@@ -194,7 +194,7 @@ class KDLightningCLI(LightningCLI):
     def _claim_run_folder(self, config: Any) -> str:
         """Lock the run folder and decide what this fit does with it; returns how it starts ("new run", ...)."""
         root = Path(config.trainer.default_root_dir)
-        resume, overwrite = bool(config.get("ckpt_path")), bool(config.get("overwrite"))
+        resume, overwrite, wait = (bool(config.get(key)) for key in ("ckpt_path", "overwrite", "wait_for_lock"))
         config.overwrite = config.wait_for_lock = None  # actions of this command, not settings of the run
         if not is_main_process():
             return "rank > 0"  # global rank zero decided, before it started this process (or beside it)
@@ -202,7 +202,7 @@ class KDLightningCLI(LightningCLI):
             raise RunFolderError(f"--overwrite=true deletes the checkpoints of {root} that --ckpt_path "
                                  f"{config.ckpt_path} resumes from: pass one of the two")
         if not held_by_parent(root):
-            self._lock_run_folder(root, wait=bool(config.get("wait_for_lock")))
+            self._lock_run_folder(root, wait=wait)
             found = run_files(root)
             if found and not resume and not overwrite:
                 raise RunFolderError(
@@ -242,7 +242,9 @@ class KDLightningCLI(LightningCLI):
         changed = changed_keys(saved, current)
         if changed:
             old, new = flatten(saved), flatten(current)
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+            # Named as on the command line (--model.gate_delta), not as in config.yaml (model.init_args.gate_delta).
+            detail = ", ".join(f"{k.replace('.init_args.', '.')}: {old.get(k)!r} -> {new.get(k)!r}"
+                               for k in changed[:5])
             more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
             raise StaleRunError(
                 f"resuming {saved_file.parent} with other settings than it was trained with ({detail}{more}): a "
@@ -323,7 +325,10 @@ class KDLightningCLI(LightningCLI):
         writer = self._results_writer()
         if writer is None:
             return
-        self._dump_config()  # Lightning's resolved dump of this subcommand's config (links applied)
+        # Lightning's resolved dump of this subcommand's config (links applied). A private method, the one left here
+        # (tested with pytorch-lightning 2.6.x; tests/test_cli.py fails when the name disappears): no public hook
+        # gives the dump with link targets.
+        self._dump_config()
         dumped = json.dumps(self.config_dump, sort_keys=True, default=str)
         # The digest names the experiment: resuming (ckpt_path) must not change it.
         recipe = json.dumps({k: v for k, v in json.loads(dumped).items() if k != "ckpt_path"}, sort_keys=True)
@@ -359,18 +364,23 @@ class KDLightningCLI(LightningCLI):
         writer.finalize(self.trainer, self.model, tests)
         if is_main_process():
             status = "interrupted" if self.trainer.interrupted else "complete"
+            wandb = self._finish_wandb()
             print(end_line(status, tests, writer.summary(self.trainer, self.model, status).get("best_epoch"),
-                           writer.path(self.trainer), self._wandb_summary()), flush=True)
+                           writer.path(self.trainer), wandb), flush=True)
 
-    def _wandb_summary(self) -> str:
+    def _finish_wandb(self) -> str:
+        """Close this command's W&B run (its files complete; a next command in this process starts its own) and
+        say where it went."""
         from pytorch_lightning.loggers import WandbLogger
 
         logger = next((lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)), None)
         if logger is None:
             return wandb_part(None)
         mode = os.environ.get("WANDB_MODE", "online")
+        url = getattr(logger.experiment, "url", "") or "" if mode == "online" else ""
+        logger.experiment.finish()
         if mode == "online":
-            return wandb_part("online", url=getattr(logger.experiment, "url", "") or "")
+            return wandb_part("online", url=url)
         return wandb_part(mode, sync=sync_command(Path(logger.save_dir or self.trainer.default_root_dir)))
 
     def _test_best(self, ckpt_path: str) -> dict:

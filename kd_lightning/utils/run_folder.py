@@ -42,6 +42,8 @@ RESUMABLE: dict[str, str] = {
     "trainer.strategy": "hardware",
     "trainer.sync_batchnorm": "follows the hardware (off on the CPU)",
     "trainer.logger": "where metrics are reported",
+    "trainer.callbacks": "extra callbacks (a progress bar, a probe); the checkpoint, results and random-state "
+                         "callbacks are the CLI's own",
     "trainer.enable_progress_bar": "console output",
     "trainer.enable_model_summary": "console output",
     "trainer.log_every_n_steps": "how often metrics are reported",
