@@ -168,14 +168,14 @@ class KDLightningCLI(LightningCLI):
         if isinstance(command_line, (list, tuple)):
             check_config_files(command_line)  # before jsonargparse, whose YAML errors do not name the file
         super().parse_arguments(parser, args)
-        subcommand = self.config.get("subcommand")
+        subcommand = self.config.get("subcommand")  # none with run=False
+        config = self.config[subcommand] if subcommand else self.config
+        if not config.get("trainer.default_root_dir"):
+            dumped = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            config["trainer.default_root_dir"] = str(default_run_dir(dumped[subcommand] if subcommand else dumped))
+        if not config.get("checkpoint.dirpath"):
+            config["checkpoint.dirpath"] = str(Path(config["trainer.default_root_dir"]) / "checkpoints")
         if subcommand:
-            config = self.config[subcommand]
-            if not config.get("trainer.default_root_dir"):
-                dumped = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[subcommand]
-                config["trainer.default_root_dir"] = str(default_run_dir(dumped))
-            if not config.get("checkpoint.dirpath"):
-                config["checkpoint.dirpath"] = str(Path(config["trainer.default_root_dir"]) / "checkpoints")
             # LightningCLI reads the hyperparameters of an explicit --ckpt_path right after this: check it first.
             self._guard_ckpt_path(config)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_results, teacher_args
+from conftest import ROOT, read_results, run_cli, teacher_args
 from kd_lightning.cli import main
 from kd_lightning.utils.run_folder import changed_keys, default_run_dir, flatten
 
@@ -199,3 +199,14 @@ def test_the_table_runners_child_is_not_refused(tmp_path, capsys, monkeypatch):
         holder.wait()
     assert code == 0, err
     assert read_results(tmp_path)["status"] == "complete"
+
+
+def test_a_ddp_run_says_where_and_what_once(tmp_path):
+    # Lightning's launcher runs the command again for rank 1: the folder, its lock and the lines are rank 0's.
+    proc = run_cli(teacher_args(tmp_path, "--trainer.devices=2", "--trainer.strategy=ddp",
+                                "--trainer.accelerator=cpu", epochs=1))
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("kd-lightning fit: ")]
+    results = read_results(tmp_path)
+    assert lines == [f"kd-lightning fit: run folder {tmp_path} (new run)",
+                     f"kd-lightning fit: complete: test/acc last {results['last']['test/acc']:.4f}, best "
+                     f"{results['best']['test/acc']:.4f} (epoch 1); results {tmp_path / 'results.json'}; W&B off"]
