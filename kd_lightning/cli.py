@@ -365,8 +365,9 @@ class KDLightningCLI(LightningCLI):
         if is_main_process():
             status = "interrupted" if self.trainer.interrupted else "complete"
             wandb = self._finish_wandb()
-            print(end_line(status, tests, writer.summary(self.trainer, self.model, status).get("best_epoch"),
-                           writer.path(self.trainer), wandb), flush=True)
+            best = writer.best_index
+            best_epoch = writer.history[best]["epoch"] if best is not None else None
+            print(end_line(status, tests, best_epoch, writer.path(self.trainer), wandb), flush=True)
 
     def _finish_wandb(self) -> str:
         """Close this command's W&B run (its files complete; a next command in this process starts its own) and
@@ -377,7 +378,7 @@ class KDLightningCLI(LightningCLI):
         if logger is None:
             return wandb_part(None)
         mode = os.environ.get("WANDB_MODE", "online")
-        url = getattr(logger.experiment, "url", "") or "" if mode == "online" else ""
+        url = (getattr(logger.experiment, "url", "") or "") if mode == "online" else ""
         logger.experiment.finish()
         if mode == "online":
             return wandb_part("online", url=url)

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import ROOT, read_results, run_cli, teacher_args
 from kd_lightning.cli import main
