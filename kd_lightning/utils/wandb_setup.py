@@ -65,7 +65,8 @@ def probe(url: str, key: str, timeout: float = PROBE_TIMEOUT_S) -> Optional[int 
         f"{url}/graphql", data=json.dumps({"query": "query { viewer { id } }"}).encode(), method="POST",
         headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
     )
-    answer: list[Optional[int | str]] = [f"no answer within {timeout:g} s"]
+    no_answer = f"no answer within {timeout:g} s"
+    answer: list[Optional[int | str]] = [no_answer]
 
     def ask() -> None:
         try:
@@ -75,7 +76,8 @@ def probe(url: str, key: str, timeout: float = PROBE_TIMEOUT_S) -> Optional[int 
             answer[0] = err.code
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
-            answer[0] = str(getattr(reason, "strerror", None) or reason).lower()
+            timed_out = isinstance(reason, TimeoutError) or "timed out" in str(reason)
+            answer[0] = no_answer if timed_out else str(getattr(reason, "strerror", None) or reason).lower()
 
     thread = threading.Thread(target=ask, daemon=True)  # a name lookup ignores socket timeouts
     thread.start()
