@@ -66,3 +66,11 @@ class GraphUnsafeStepError(UserValueError):
 
 class StaleRunError(KDLightningError, ValueError):
     """A finished (or resumable) run was trained with other settings than the recipe now asks for."""
+
+
+class RunFolderError(KDLightningError, ValueError):
+    """A run folder that cannot take this `fit`: another process trains it, or it already holds a run."""
+
+
+class WandbCredentialsError(KDLightningError, ValueError):
+    """The W&B server answered that the API key it was given is not valid."""

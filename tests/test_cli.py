@@ -100,15 +100,32 @@ def test_console_script_is_the_same_program():
     assert out.returncode == 0 and "--model.help" in out.stdout and "--test_after_fit" in out.stdout
 
 
-def test_rerun_into_existing_run_dir_and_wandb_offline_run(tmp_path: Path):
+def test_rerun_into_existing_run_dir_is_refused_and_a_resume_continues_the_wandb_run(tmp_path: Path):
     args = teacher_args(tmp_path, epochs=1)
     args = [a for a in args if a != "--trainer.logger=false"]
     args += ["--trainer.logger=pytorch_lightning.loggers.WandbLogger", "--trainer.logger.project=kd-lightning-tests"]
     run_cli(args)
-    run_cli(args)  # the saved config.yaml is overwritten, not an error
+    again = run_cli(args, check=False)  # a second run into a finished run's folder: refused, nothing touched
+    assert again.returncode == 1 and f"run folder {tmp_path} already holds a complete run" in again.stderr
+    run_cli([a.replace("max_epochs=1", "max_epochs=2") for a in args] + ["--ckpt_path=last"])
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
+    run_id = (tmp_path / "wandb_run_id.txt").read_text().strip()
+    assert all(run.name.endswith(f"-{run_id}") for run in runs)  # one W&B run, resumed
     # The resolved CLI config is in the W&B run config (stored in the offline run file).
     blob = next(runs[-1].glob("*.wandb")).read_bytes()
     assert b"gate_delta" in blob and b"kd_lightning.modules.TeacherModule" in blob
     assert read_results(tmp_path)["status"] == "complete"
+
+
+def test_no_private_lightning_cli_method_is_overridden_and_the_private_one_used_exists():
+    """cli.py extends LightningCLI through its public hooks (parse_arguments, before_instantiate_classes,
+    before_fit/after_fit, the constructor); the one private name it calls must still exist."""
+    from pytorch_lightning.cli import LightningCLI
+
+    from kd_lightning.cli import KDLightningCLI
+
+    private = [name for name in vars(KDLightningCLI)
+               if name.startswith("_") and not name.startswith("__") and hasattr(LightningCLI, name)]
+    assert private == [], f"KDLightningCLI overrides LightningCLI's private {private}"
+    assert callable(getattr(LightningCLI, "_dump_config", None)), "LightningCLI._dump_config is gone: see before_fit"

@@ -31,6 +31,10 @@ def test_fit_prints_epoch_lines_and_no_noise_and_logs_both_test_passes(tmp_path:
                     "--trainer.max_epochs=2", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
                     "--trainer.enable_model_summary=false"])
     output = proc.stdout + proc.stderr
+    # The run's own two lines (where it runs; what it measured, with the W&B sync command) are what it says.
+    ours = [line for line in output.splitlines() if line.startswith("kd-lightning fit: ")]
+    assert len(ours) == 2 and ours[1].startswith("kd-lightning fit: complete: test/acc last "), ours
+    output = "\n".join(line for line in output.splitlines() if line not in ours)
     assert NOISE.search(output) is None, f"noise: {NOISE.search(output).group()!r} in\n{output}"
     assert EPOCH_LINE.findall(proc.stdout) == ["1", "2"], proc.stdout
     assert "━" not in output and "it/s" not in output  # no progress bar written into the captured output
@@ -39,6 +43,7 @@ def test_fit_prints_epoch_lines_and_no_noise_and_logs_both_test_passes(tmp_path:
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert sync_hint([tmp_path]) == f"W&B logged offline; to upload: wandb sync {runs[0]}"
+    assert ours[1].endswith(f"; W&B offline: wandb sync {runs[0]}")
 
     # Both test passes reach W&B (its run file holds the metric names), the best one under test_best/.
     blob = next(runs[0].glob("*.wandb")).read_bytes()

@@ -20,10 +20,10 @@ def sync_hint(run_dirs: Iterable[Union[str, Path]]) -> str:
     newest = [runs[-1] for runs in map(offline_runs, run_dirs) if runs]
     if not newest:
         return ""
-    return "W&B logged offline; to upload: wandb sync " + " ".join(_short(p) for p in newest)
+    return "W&B logged offline; to upload: wandb sync " + " ".join(short_path(p) for p in newest)
 
 
-def _short(path: Path) -> str:
+def short_path(path: Path) -> str:
     # Relative to the working directory when under it: the command is meant to be pasted there.
     try:
         return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd().resolve()) else str(path)
