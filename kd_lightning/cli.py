@@ -39,9 +39,15 @@ import yaml
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from kd_lightning.callbacks import BEST_TEST_PREFIX, ClampLogInterval, EpochLog, ResultsWriter, RNGState, RunCheckpoint
-from kd_lightning.errors import report_user_errors
-from kd_lightning.exceptions import RunFolderError, StaleRunError
-from kd_lightning.utils.checkpoint import CheckpointError, load_checkpoint_file
+# The classes a config names by short name (`--model.help TeacherModule`, `--data=SyntheticDataModule`): jsonargparse
+# resolves a short name only among the subclasses imported when the command line is parsed.
+import kd_lightning.data  # noqa: F401
+import kd_lightning.distillation  # noqa: F401
+import kd_lightning.modules  # noqa: F401
+import kd_lightning.objectives  # noqa: F401
+from kd_lightning.error_report import report_user_errors
+from kd_lightning.exceptions import CheckpointError, RunFolderError, StaleRunError
+from kd_lightning.utils.checkpoint import load_checkpoint_file
 from kd_lightning.utils.config_files import check_config_files
 from kd_lightning.utils.console_noise import drop_unset_wandb_anonymous, silence_known_noise
 from kd_lightning.utils.hardware import describe_hardware

@@ -573,3 +573,16 @@ def test_time_claims_are_the_committed_runs():
     assert f"One seed took {lo:g} to {hi:g} minutes" in readme, (lo, hi)
     assert f"Tables A-C took {round(tables)} minutes for the 5 seeds" in readme, tables
     assert f"other student methods {round(students)} minutes" in readme, students
+
+
+def test_readme_method_table_is_the_cards():
+    """The README's method table is rendered from the method cards (`python -m kd_lightning.distillation --readme`):
+    a method added, renamed or given a published number changes it, and this test says what to paste."""
+    from kd_lightning.distillation.registry import readme_method_table
+
+    table = readme_method_table()
+    assert table in (ROOT / "README.md").read_text(), f"README.md's method table is stale; paste:\n{table}"
+
+
+def test_readme_is_a_first_hour_read():
+    assert len((ROOT / "README.md").read_bytes()) < 10_000

@@ -1,4 +1,7 @@
-"""`python -m kd_lightning.distillation`: the docs' method table, rendered from the method cards."""
-from kd_lightning.distillation.registry import method_table_markdown
+"""`python -m kd_lightning.distillation [--readme]`: the docs' method table (or the README's compact one), rendered
+from the method cards."""
+import sys
 
-print(method_table_markdown())
+from kd_lightning.distillation.registry import method_table_markdown, readme_method_table
+
+print(readme_method_table() if "--readme" in sys.argv[1:] else method_table_markdown())

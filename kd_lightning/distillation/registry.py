@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -172,4 +173,34 @@ def method_table_markdown(cards: Optional[Iterable[MethodCard]] = None) -> str:
         overlay = f"`{card.overlay}`" if card.overlay else "(default)"
         rows.append(f"| {card.label} | {card.paper} | {READS[getattr(cls, 'needs_features', None)]} | {pre} | "
                     f"{overlay} | {f'{top1[0].top1:.2f}' if top1 else '—'} |")
+    return "\n".join(rows)
+
+
+def _paper_short(paper: str) -> str:
+    """"Zhao, Cui, Song, Qiu and Liang, CVPR 2022, Decoupled ..." -> "Zhao et al. 2022" (authors, then the venue
+    with its year, then the title: the cards' format)."""
+    found = re.match(r"(.*?), [^,]*?\b((?:19|20)\d\d)\b", paper)
+    if not found:
+        return paper
+    names = re.split(r", | and ", found.group(1))
+    who = names[0] if len(names) == 1 else " and ".join(names) if len(names) == 2 else f"{names[0]} et al."
+    return f"{who} {found.group(2)}"
+
+
+#: The README's table shows the published top-1 of these pairs (RepDistiller's and mdistiller's headline pairs).
+README_PAIRS = (("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("wrn_40_2", "wrn_16_2"))
+
+
+def readme_method_table(cards: Optional[Iterable[MethodCard]] = None) -> str:
+    """The README's compact method table: label, first author and year, what the method reads, its overlay, and the
+    published CIFAR-100 top-1 on README_PAIRS. `python -m kd_lightning.distillation --readme` prints it."""
+    pairs = " | ".join(f"{t} → {s}" for t, s in README_PAIRS)
+    rows = [f"| method | paper | reads | overlay | {pairs} |", "|---|---|---|---|" + "---|" * len(README_PAIRS)]
+    for card in cards if cards is not None else method_cards():
+        cls = card.distillation_class()
+        overlay = f"`{card.overlay.rsplit('/', 1)[-1]}`" if card.overlay else "(default)"
+        numbers = [card.published_for(t, s) for t, s in README_PAIRS]
+        cells = " | ".join(f"{n[0].top1:.2f}" if n else "—" for n in numbers)
+        rows.append(f"| {card.label} | {_paper_short(card.paper)} | {READS[getattr(cls, 'needs_features', None)]} | "
+                    f"{overlay} | {cells} |")
     return "\n".join(rows)
