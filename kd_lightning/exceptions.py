@@ -40,3 +40,7 @@ class DiskFullError(KDLightningError, OSError):
 
 class StaleRunError(KDLightningError, ValueError):
     """A finished (or resumable) run was trained with other settings than the recipe now asks for."""
+
+
+class RunTimeLimitError(KDLightningError, RuntimeError):
+    """A Slurm job stopped by its time limit without finishing a new epoch: requeueing it would never end."""

@@ -25,6 +25,8 @@ from kd_lightning.exceptions import UserValueError
 
 PY = sys.executable
 METRICS = ("test/acc", "val/acc", "train/loss")
+#: A tiny run made longer than a 1-minute job: 24 epochs of 1,536 images (2-4 s each on one core here).
+LONG_EPOCHS, LONG_ARGS = 24, f"{TINY} --data.train_size=1536"
 
 
 def test_slurm_extra_options_become_sbatch_flags():
@@ -34,6 +36,17 @@ def test_slurm_extra_options_become_sbatch_flags():
         launcher.SlurmSettings(extra="-p debug").extra_parameters()
     with pytest.raises(UserValueError, match="SLURM_CPUS must be >= 1"):
         launcher.SlurmSettings(cpus=0)
+    # The stop signal's lead time fits the limit: 120 s before a 4-hour limit, 20 s before a 1-minute one.
+    assert launcher.SlurmSettings(time=240).lead_s == 120 and launcher.SlurmSettings(time=1).lead_s == 20
+
+
+def test_status_says_how_often_a_run_was_requeued(tmp_path):
+    job = grid_jobs(Recipe(data="synthetic"), tables_of(["margin"]), 0)[0]
+    store = RunStore(tmp_path)
+    store.dir(job).mkdir(parents=True)
+    (store.dir(job) / launcher.SLURM_FILE).write_text(json.dumps({"job_id": "17", "requeues": 2}))
+    assert launcher.run_status(job, store, {"17": "pending"}) == ("requeued (2)", "job 17")
+    assert launcher.run_status(job, store, {})[0] == "failed"  # left the queue without a result: killed
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
@@ -177,3 +190,28 @@ def test_a_cancelled_job_is_resumed_from_its_last_checkpoint_by_the_next_submiss
     final = read_json(run_dir / "results.json")
     assert final["status"] == "complete" and final["epochs"] == 12, final
     assert launcher.submit_grid(teacher, recipe, runs, settings) == {teacher[0].key: ("complete", "")}
+
+
+def test_a_time_limit_requeues_the_job_itself_until_the_table_is_complete(slurm, tmp_path):  # noqa: F811
+    """SLURM_TIME=1 (one minute) and runs that need more: each job is told to stop 20 s before its limit, saves its
+    last epoch, requeues itself (same job id: the student's afterok waits) and resumes, until the run is complete;
+    WAIT=1 returns rc 0 with no second submission, and the metrics are the local runner's."""
+    copy_rows("margin", ("plain_ce",), tmp_path / "ablations")
+    common = [f"ABLATIONS={tmp_path / 'ablations'}", f"EPOCHS={LONG_EPOCHS}", f"ARGS={LONG_ARGS}", f"PY={PY}",
+              "STATUS=margin"]
+    proc = make("table-margin", f"RUNS={tmp_path / 'slurm-runs'}", f"RESULTS={tmp_path / 'slurm-results'}",
+                "LAUNCHER=slurm", "SLURM_CPUS=1", "SLURM_TIME=1", "WAIT=1", *common)
+    out = ok(proc)
+    assert sorted(submitted(out)) == ["synthetic/plain_ce/seed0/kd", "synthetic/plain_ce/seed0/teacher"], out
+    on_slurm = run_dirs(tmp_path / "slurm-runs")
+    requeues = {key: json.loads((folder / "slurm.json").read_text()).get("requeues", 0)
+                for key, folder in on_slurm.items()}
+    assert requeues["synthetic/plain_ce/seed0/teacher"] >= 1, requeues  # it needed more than its one minute
+    ok(make("table-margin", f"RUNS={tmp_path / 'local-runs'}", f"RESULTS={tmp_path / 'local-results'}", "JOBS=1",
+            *common))
+    local = run_dirs(tmp_path / "local-runs")
+    for key, folder in on_slurm.items():
+        a, b = (json.loads((f / "results.json").read_text()) for f in (folder, local[key]))
+        assert a["status"] == b["status"] == "complete" and a["epochs"] == b["epochs"] == LONG_EPOCHS, key
+        for metric in METRICS:
+            assert a["last"][metric] == b["last"][metric], (key, metric)

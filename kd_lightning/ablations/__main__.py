@@ -149,9 +149,10 @@ def _run(ns: argparse.Namespace) -> int:
         settings = slurm.settings_of(ns, recipe.proxy)
         if ns.dry_run:
             return slurm.dry_run(jobs_by_seed, recipe, store, settings)
-        if not slurm.run_grid(jobs_by_seed, recipe, store, settings, wait=ns.wait):
+        finished = slurm.run_grid(jobs_by_seed, recipe, store, settings, wait=ns.wait)
+        if not ns.wait:  # submitted: the runs are still to train
             return 0
-        return build_all(tables, recipe, ns.seeds, store, out)
+        return max(build_all(tables, recipe, ns.seeds, store, out), 0 if finished else 1)
     from kd_lightning.ablations.grid.local import gpu_slots, visible_gpus
 
     gpu_slots(ns.jobs, recipe.devices, visible_gpus())  # JOBS x DEVICES must fit the box before anything runs

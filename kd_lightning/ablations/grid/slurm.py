@@ -15,11 +15,13 @@ grid again is idempotent:
 
 Queue states come from `squeue` (what is pending or running), and what a finished job did from the run's own
 results.json: no Slurm accounting (sacct/slurmdbd) is needed, which small clusters and the tests' one-node Slurm
-often lack. The time limit: Slurm sends SIGTERM to the job's processes `signal_delay_s` seconds before it
-(`--signal=TERM@s`, in place of submitit's USR2: the `kd-lightning fit` child has no USR2 handler and would be
-killed by it), the fit records "interrupted" with its last epoch's last.ckpt (kd_lightning/errors.py), and the next
-submission resumes it. A student whose teacher's job fails is cancelled by Slurm (`--kill-on-invalid-dep=yes`)
-instead of waiting forever; the next submission submits both again.
+often lack. The time limit: Slurm sends SIGTERM to the job's processes `lead_s` seconds before it (`--signal=TERM@s`,
+a third of the limit at most, so a short job still trains; in place of submitit's USR2, which the `kd-lightning fit`
+child has no handler for), the runner passes it on to the fit, which records "interrupted" with its last epoch's
+last.ckpt, and the job requeues itself (`scontrol requeue`): same job id, so its students' `afterok` still waits, and
+the requeued job resumes the run. A job that made no new epoch since it started is failed instead of requeued
+forever. A student whose teacher's job fails is cancelled by Slurm (`--kill-on-invalid-dep=yes`) instead of waiting
+forever; the next submission submits both again.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from kd_lightning.ablations.grid.local import check_jobs, run_job, say
 from kd_lightning.ablations.grid.recipe import Recipe
 from kd_lightning.ablations.grid.runs import Job
 from kd_lightning.ablations.grid.store import LOG_FILE, RunState, RunStore, read_json
-from kd_lightning.exceptions import UserValueError
+from kd_lightning.exceptions import RunTimeLimitError, UserValueError
 from kd_lightning.utils.atomic import atomic_write_json
 
 SLURM_FILE = "slurm.json"
@@ -71,6 +73,12 @@ class SlurmSettings:
         if self.gpus < 0:
             raise UserValueError(f"SLURM_GPUS must be >= 0, got {self.gpus}")
 
+    @property
+    def lead_s(self) -> int:
+        """When the job is told to stop, in seconds before its limit: signal_delay_s, but at most a third of the
+        limit, so that a 1-minute job still trains for 40 s."""
+        return max(5, min(self.signal_delay_s, self.time * 60 // 3))
+
     def extra_parameters(self) -> dict[str, object]:
         """SLURM_EXTRA as submitit's additional_parameters: `--key=value`, `--key value` and `--flag`."""
         out: dict[str, object] = {}
@@ -102,10 +110,32 @@ class SlurmRun:
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 1)
         environ = {k: v for k, v in os.environ.items()
                    if not k.startswith(("SLURM_", "SRUN_")) or k == "SLURM_CONF"}
+        store = RunStore(self.runs)
+        before = (store.results(self.job) or {}).get("epochs") or 0
         try:
-            return run_job(self.job, self.recipe, RunStore(self.runs), threads=threads, wait=True, environ=environ)
-        except KeyboardInterrupt:  # SIGTERM (time limit, scancel): results.json says "interrupted"
+            return run_job(self.job, self.recipe, store, threads=threads, wait=True, environ=environ)
+        except KeyboardInterrupt:  # SIGTERM (the time limit, scancel, a preemption): results.json says "interrupted"
+            return self.requeue(store, before)
+
+    def requeue(self, store: RunStore, before: int) -> str:
+        """At its time limit (the job still RUNNING): put this job back in the queue to resume the run, or fail it when
+        this start made no new epoch."""
+        job_id, done = os.environ.get("SLURM_JOB_ID", ""), (store.results(self.job) or {}).get("epochs") or 0
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+        if state.strip() != "RUNNING":  # cancelled, or requeued from outside (a preemption): not this job's to requeue
             return "interrupted"
+        if done <= before:
+            message = (f"stopped by Slurm with no new epoch since this job started (epoch {done}): give each job "
+                       f"more time than one epoch and its start-up (SLURM_TIME)")
+            store.record_failure(self.job, message)
+            raise RunTimeLimitError(f"{self.job.key}: {message}")
+        record_path = store.dir(self.job) / SLURM_FILE
+        record = read_json(record_path) or {}
+        atomic_write_json(record_path, {**record, "requeues": int(record.get("requeues", 0)) + 1})
+        say(f"[slurm] {self.job.key}: stopped at epoch {done}; requeueing job {job_id}")
+        # Not checked: a job requeued from outside (a preemption) is already on its way back to the queue.
+        subprocess.run(["scontrol", "requeue", job_id], check=False)
+        return "requeued"
 
 
 def queue() -> dict[str, str]:
@@ -134,7 +164,8 @@ def run_status(job: Job, store: RunStore, queued: dict[str, str]) -> tuple[str, 
     record = read_json(run_dir / SLURM_FILE) or {}
     job_id = str(record.get("job_id", ""))
     if job_id in queued:
-        return queued[job_id], f"job {job_id}"
+        requeues = int(record.get("requeues", 0))
+        return (f"requeued ({requeues})" if requeues else queued[job_id]), f"job {job_id}"
     if state == "missing" and not job_id:
         return "missing", "never submitted"
     log = run_dir / LOG_FILE
@@ -148,12 +179,12 @@ def _executor(run_dir: Path, settings: SlurmSettings, name: str, dependency: Opt
     import submitit  # here: the local runner never needs it
 
     executor = submitit.SlurmExecutor(folder=str(run_dir / SUBMITIT_DIR / "%j"), max_num_timeout=0)
-    extra = {"signal": f"TERM@{settings.signal_delay_s}", "kill_on_invalid_dep": "yes"}
+    extra = {"signal": f"TERM@{settings.lead_s}", "kill_on_invalid_dep": "yes", "requeue": True}
     if dependency:
         extra["dependency"] = f"afterok:{dependency}"
     extra.update(settings.extra_parameters())
     executor.update_parameters(job_name=name, time=settings.time, cpus_per_task=settings.cpus, ntasks_per_node=1,
-                               nodes=1, signal_delay_s=settings.signal_delay_s, additional_parameters=extra,
+                               nodes=1, signal_delay_s=settings.lead_s, additional_parameters=extra,
                                **({"partition": settings.partition} if settings.partition else {}),
                                **({"gpus_per_node": settings.gpus} if settings.gpus else {}))
     return executor
@@ -192,13 +223,30 @@ def submit_grid(jobs: list[Job], recipe: Recipe, store: RunStore, settings: Slur
     return out
 
 
-def wait_grid(job_ids: list[str], poll_s: float = 5.0) -> None:
-    """Block until none of `job_ids` is pending or running."""
+def release_requeued(job_ids: set[str]) -> None:
+    """Slurm holds a requeued job back for about two minutes (its BeginTime); a grid being waited for lets its own
+    requeued jobs start at once."""
+    listing = subprocess.run(["squeue", "-h", "-o", "%i|%r"], capture_output=True, text=True).stdout
+    for job_id, _, reason in (line.partition("|") for line in listing.split()):
+        if job_id in job_ids and reason == "BeginTime":
+            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
+
+
+def wait_grid(job_ids: list[str], poll_s: float = 5.0, jobs: Optional[dict[str, Job]] = None,
+              store: Optional[RunStore] = None) -> bool:
+    """Block until none of `job_ids` is pending or running (a requeued job is pending again), or until one of the
+    runs `jobs` ({job id: job}) has failed; returns False then."""
     left = set(job_ids)
     while left:
         left &= set(queue())
+        release_requeued(left)
+        for job_id, job in (jobs or {}).items():
+            if job_id not in left and store is not None and store.state(job).value == "failed":
+                say(f"[slurm] {job.key} failed: {(store.results(job) or {}).get('error', '')}; not waiting for the rest")
+                return False
         if left:
             time.sleep(poll_s)
+    return True
 
 
 def print_status(jobs: list[Job], store: RunStore) -> dict[str, str]:
@@ -260,16 +308,18 @@ def run_grid(jobs_by_seed: dict[int, list[Job]], recipe: Recipe, store: RunStore
     """Submit every seed's runs at once; with `wait`, block until they left the queue. Returns whether the tables
     should be built now (wait), since without it the runs are still to train."""
     submitted: list[str] = []
+    by_id: dict[str, Job] = {}
     for seed, jobs in jobs_by_seed.items():
         print(f"[slurm] seed {seed}: {len(jobs)} runs", flush=True)
-        for what, job_id in submit_grid(jobs, recipe, store, settings).values():
+        keys = {job.key: job for job in jobs}
+        for key, (what, job_id) in submit_grid(jobs, recipe, store, settings).items():
             if what in ("submitted", "pending", "running"):
                 submitted.append(job_id)
+                by_id[job_id] = keys[key]
     if not wait:
         print(f"[slurm] {len(submitted)} jobs queued; `make tables-status` (same variables) says how they are "
               "doing; rerun this command to resubmit what failed, or `make table-build` once they are done",
               flush=True)
         return False
     print(f"[slurm] waiting for {len(submitted)} jobs", flush=True)
-    wait_grid(submitted)
-    return True
+    return wait_grid(submitted, jobs=by_id, store=store)

@@ -1,20 +1,13 @@
-"""Build an ablation table from the results.json of its runs: results/<table id>.md, .csv and .png.
+"""Build an ablation table from its runs (collect.py): results/<table id>.md, .csv and .png.
 
     python -m kd_lightning.ablations build margin --data synthetic --seeds 0 1 2 3 4
     python -m kd_lightning.ablations build margin --margin_space logit --data cifar100 --seeds 0 1 2 --out results
 
-Rows come from configs/ablations/<table>/ (rows.py); each resolves to a teacher run (runs.py), shared with the rows
-of other tables that ask for the same training. Per row: teacher and student test accuracy and loss of the
-last-epoch and best-epoch weights (best = highest val/acc), the final epoch's train loss and its parts, the open-gate
-fraction, the teacher's embedding geometry and soft labels, the student's single-/multi-view accuracy (synthetic),
-and the paired difference to the table's plain cross-entropy teacher row with its 95% interval over the seeds
-(docs/method.md §9). A run that is not complete is never a number: its cells say missing, failed, interrupted or running.
-Exit status 1 when a run is not complete or the runs disagree with the asked-for settings (the files are written).
+What each section reports is in docs/ablations.md. A run that is not complete is never a number: its cells say
+missing, failed, interrupted or running.
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sys
 import time
@@ -56,6 +49,36 @@ METRICS: dict[str, list[tuple[str, str, str]]] = {
         ("soft_intra_var_last", "last", "test/soft_intra_var"),
     ],
 }
+Column = tuple[str, str, str, str, float, int]  # header, stage, results.json section, metric, scale, digits
+ACCURACY: list[Column] = [
+    ("teacher acc (last)", "teacher", "last", "test/acc", 100.0, 2), ("teacher acc (best)", "teacher", "best", "test/acc", 100.0, 2),
+    ("student acc (last)", "student", "last", "test/acc", 100.0, 2), ("student acc (best)", "student", "best", "test/acc", 100.0, 2),
+    ("open gates (teacher, last epoch)", "teacher", "last", "train/gate_open", 100.0, 1),
+    ("D_intra", "teacher", "last", "test/d_intra", 1.0, 4), ("D_inter", "teacher", "last", "test/d_inter", 1.0, 4),
+    ("R = D_intra / D_inter", "teacher", "last", "test/ratio", 1.0, 3)]
+ACCURACY_NOTE = ("Open gates: % of training rows whose margin passed δ in the last epoch (g_i = 1). Geometry: the teacher's "
+                 "L2-normalised test embeddings with its last-epoch weights (docs/method.md §8); best-epoch values are in "
+                 "the CSV.")
+SOFT_LABELS: list[Column] = [
+    ("teacher soft_intra_var", "teacher", "last", "test/soft_intra_var", 1.0, 5),
+    ("teacher soft_nontarget_mass", "teacher", "last", "test/soft_nontarget_mass", 1.0, 4),
+    ("teacher soft_entropy", "teacher", "last", "test/soft_entropy", 1.0, 4),
+    ("student acc single-view", "student", "last", "test/acc_single_view", 100.0, 2),
+    ("student acc multi-view", "student", "last", "test/acc_multi_view", 100.0, 2)]
+SOFT_LABELS_NOTE = ("Teacher soft labels p = softmax(o / T) at the KD temperature on the test set (docs/method.md §8), "
+                    "last-epoch weights; view accuracies: the synthetic set's test images showing one feature of their "
+                    "class vs several (— on other data sets).")
+LOSSES: list[Column] = [
+    ("teacher test loss (last)", "teacher", "last", "test/loss", 1.0, 3),
+    ("teacher test loss (best)", "teacher", "best", "test/loss", 1.0, 3),
+    ("teacher train loss", "teacher", "last", "train/loss", 1.0, 3), ("↳ CE", "teacher", "last", "train/loss_ce", 1.0, 3),
+    ("↳ contrastive ℓ (before λ)", "teacher", "last", "train/loss_contrastive", 1.0, 3),
+    ("student test loss (last)", "student", "last", "test/loss", 1.0, 3),
+    ("student test loss (best)", "student", "best", "test/loss", 1.0, 3),
+    ("student train loss", "student", "last", "train/loss", 1.0, 3), ("↳ CE", "student", "last", "train/loss_ce", 1.0, 3),
+    ("↳ KD", "student", "last", "train/loss_kd", 1.0, 3)]
+LOSSES_NOTE = ("Test loss: cross-entropy on the test set. Train losses: the mean over the final epoch's steps; the "
+               "teacher's is CE + λ·ℓ, the student's α·CE + β·KD (docs/method.md §3, 5).")
 #: The paired differences to the baseline row (docs/method.md §9): (column, stage, section, key, scale, digits).
 DIFFERENCES = [
     ("student acc (last)", "student", "last", "test/acc", 100.0, 2),
@@ -189,76 +212,39 @@ def seeds_cell(row: RowResult, seeds: list[int]) -> str:
         if seed not in done:
             reason = f"teacher {t.states[seed]}" if t.states[seed] != "complete" else f"student {s.states[seed]}"
             why.setdefault(reason, []).append(seed)
-    problems = "; ".join(f"seed{'s' * (len(v) > 1)} {', '.join(map(str, v))}: {k}" for k, v in why.items())
+    problems = "; ".join(f"{'seeds' if len(v) > 1 else 'seed'} {', '.join(map(str, v))}: {k}" for k, v in why.items())
     return f"{len(done)} of {len(seeds)} ({problems})"
 
 
+def md_table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(x) + " |" for x in lines]
+
+
+def section(title: str, columns: list[Column], rows: list[RowResult], note: str, seeds: Optional[list[int]] = None
+            ) -> list[str]:
+    """A section of mean ± std cells, one column per (header, stage, section, key, scale, digits)."""
+    header = ["row", *(c[0] for c in columns)] + (["seeds"] if seeds is not None else [])
+    lines = [[r.label, *(cell(r, *c[1:]) for c in columns)] + ([seeds_cell(r, seeds)] if seeds is not None else [])
+             for r in rows]
+    return [f"## {title}", "", *md_table(header, lines), "", note, ""]
+
+
 def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str, data: str = "") -> str:
-    out = [f"# {title}", "", "| | |", "|---|---|"]
-    out += [f"| {k} | {v} |" for k, v in info.lines]
-    out.append("")
-    for warning in info.warnings:
-        out.append(f"> **Warning:** {warning}")
-    if info.warnings:
-        out.append("")
-    pct = dict(scale=100.0, digits=2)
-    out += [
-        "## Accuracy, open gates and teacher geometry",
-        "",
-        "| row | teacher acc (last) | teacher acc (best) | student acc (last) | student acc (best) | open gates "
-        "(teacher, last epoch) | D_intra | D_inter | R = D_intra / D_inter | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        out.append("| " + " | ".join([
-            r.label,
-            cell(r, "teacher", "last", "test/acc", **pct), cell(r, "teacher", "best", "test/acc", **pct),
-            cell(r, "student", "last", "test/acc", **pct), cell(r, "student", "best", "test/acc", **pct),
-            cell(r, "teacher", "last", "train/gate_open", 100.0, 1),
-            cell(r, "teacher", "last", "test/d_intra", digits=4), cell(r, "teacher", "last", "test/d_inter", digits=4),
-            cell(r, "teacher", "last", "test/ratio", digits=3), seeds_cell(r, seeds),
-        ]) + " |")
-    out += [
-        "",
-        "Open gates: % of training rows whose margin passed δ in the last epoch (g_i = 1). Geometry: the teacher's "
-        "L2-normalised test embeddings with its last-epoch weights (docs/method.md §8); best-epoch values are in the CSV.",
-        "",
-    ]
-    out += differences_section(rows)
-    out += published_section(rows, data)
-    out += soft_label_section(rows)
-    out += shared_section(rows)
-    out += [
-        "## Losses",
-        "",
-        "| row | teacher test loss (last) | teacher test loss (best) | teacher train loss | ↳ CE "
-        "| ↳ contrastive ℓ (before λ) | student test loss (last) | student test loss (best) | student train loss "
-        "| ↳ CE | ↳ KD |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        out.append("| " + " | ".join([
-            r.label,
-            cell(r, "teacher", "last", "test/loss", digits=3), cell(r, "teacher", "best", "test/loss", digits=3),
-            cell(r, "teacher", "last", "train/loss", digits=3), cell(r, "teacher", "last", "train/loss_ce", digits=3),
-            cell(r, "teacher", "last", "train/loss_contrastive", digits=3),
-            cell(r, "student", "last", "test/loss", digits=3), cell(r, "student", "best", "test/loss", digits=3),
-            cell(r, "student", "last", "train/loss", digits=3), cell(r, "student", "last", "train/loss_ce", digits=3),
-            cell(r, "student", "last", "train/loss_kd", digits=3),
-        ]) + " |")
-    out += ["", "Test loss: cross-entropy on the test set. Train losses: the mean over the final epoch's steps; the "
-            "teacher's is CE + λ·ℓ, the student's α·CE + β·KD (docs/method.md §3, 5).", ""]
+    out = [f"# {title}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in info.lines), ""]
+    out += [f"> **Warning:** {warning}" for warning in info.warnings] + ([""] if info.warnings else [])
+    out += section("Accuracy, open gates and teacher geometry", ACCURACY, rows, ACCURACY_NOTE, seeds)
+    out += differences_section(rows) + published_section(rows, data)
+    out += section("Soft labels and views", SOFT_LABELS, rows, SOFT_LABELS_NOTE) + shared_section(rows)
+    out += section("Losses", LOSSES, rows, LOSSES_NOTE)
     epochs = max((len(r.stages["teacher"].per_epoch("train/gate_open")) for r in rows), default=0)
     if epochs:
-        out += ["## Open gates per epoch (teacher, % of training rows, mean over seeds)", "",
-                "| row | " + " | ".join(f"ep {e}" for e in range(epochs)) + " |",
-                "|---|" + "---|" * epochs]
+        lines = []
         for r in rows:
             series = r.stages["teacher"].per_epoch("train/gate_open")
             cells = [("—" if v is None else f"{100 * v:.1f}") for v in series] or [r.stages["teacher"].status]
-            cells += [""] * (epochs - len(cells))
-            out.append(f"| {r.label} | " + " | ".join(cells) + " |")
-        out.append("")
+            lines.append([r.label, *cells, *[""] * (epochs - len(cells))])
+        out += ["## Open gates per epoch (teacher, % of training rows, mean over seeds)", "",
+                *md_table(["row", *(f"ep {e}" for e in range(epochs))], lines), ""]
     errors = [e for r in rows for e in r.errors]
     if errors:
         out += ["## Runs that are not complete", ""] + [f"- {e}" for e in errors] + [""]
@@ -349,26 +335,6 @@ def _unpaired(row: RowResult, base: RowResult, stage: str) -> str:
     return f"baseline {theirs.status}" if not theirs.complete_seeds else "no common seed"
 
 
-def soft_label_section(rows: list[RowResult]) -> list[str]:
-    """What the paper claims the teacher changes (its soft labels), and where the multi-view theory puts the gain."""
-    out = ["## Soft labels and views", "",
-           "| row | teacher soft_intra_var | teacher soft_nontarget_mass | teacher soft_entropy "
-           "| student acc single-view | student acc multi-view |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append("| " + " | ".join([
-            r.label,
-            cell(r, "teacher", "last", "test/soft_intra_var", digits=5),
-            cell(r, "teacher", "last", "test/soft_nontarget_mass", digits=4),
-            cell(r, "teacher", "last", "test/soft_entropy", digits=4),
-            cell(r, "student", "last", "test/acc_single_view", 100.0, 2),
-            cell(r, "student", "last", "test/acc_multi_view", 100.0, 2),
-        ]) + " |")
-    out += ["", "Teacher soft labels p = softmax(o / T) at the KD temperature on the test set (docs/method.md §8), last-epoch "
-            "weights; view accuracies: the synthetic set's test images showing one feature of their class vs several "
-            "(— on other data sets).", ""]
-    return out
-
-
 def shared_section(rows: list[RowResult]) -> list[str]:
     shared = [r for r in rows if r.shared_with]
     if not shared:
@@ -380,19 +346,18 @@ def shared_section(rows: list[RowResult]) -> list[str]:
 
 
 def csv_text(rows: list[RowResult], seeds: list[int], tid: str, data: str) -> str:
+    """One line per row: its states, every metric's mean, std and n, every Δ with its interval (pandas writes it)."""
+    import pandas as pd
+
     header = ["table", "data", "row", "label", "run", "seeds_asked", "teacher_status", "student_status",
               "teacher_seeds_complete", "student_seeds_complete"]
-    for stage, metrics in METRICS.items():
-        for name, _, _ in metrics:
-            header += [f"{stage}_{name}_mean", f"{stage}_{name}_std", f"{stage}_{name}_n"]
-    for name, stage, section, key, _, _ in DIFFERENCES:
-        column = f"diff_{stage}_{key.split('/')[1]}_{section}"
-        header += [f"{column}_mean", f"{column}_ci_low", f"{column}_ci_high", f"{column}_n"]
+    header += [f"{stage}_{name}_{what}" for stage, metrics in METRICS.items() for name, _, _ in metrics
+               for what in ("mean", "std", "n")]
+    header += [f"diff_{stage}_{key.split('/')[1]}_{section}_{what}" for _, stage, section, key, _, _ in DIFFERENCES
+               for what in ("mean", "ci_low", "ci_high", "n")]
     header += ["teacher_gate_open_by_epoch", "teacher_wall_seconds", "student_wall_seconds"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
     fmt = lambda v: "" if v is None else f"{v:.6g}"  # noqa: E731 - empty, never 0, when there is no number
+    lines = []
     for r in rows:
         t, s = r.stages["teacher"], r.stages["student"]
         line = [tid, data, r.name, r.label, r.run, " ".join(map(str, seeds)), t.status, s.status,
@@ -403,15 +368,13 @@ def csv_text(rows: list[RowResult], seeds: list[int], tid: str, data: str) -> st
                 line += [fmt(stat.mean), fmt(stat.std), stat.n if r.stages[stage].complete_seeds else ""]
         for _, stage, section, key, _, _ in DIFFERENCES:
             d = r.difference(r.base, stage, section, key) if r.base is not None else None
-            interval = d.interval if d is not None else None
-            line += [fmt(d.mean) if d else "", fmt(interval[0]) if interval else "",
-                     fmt(interval[1]) if interval else "", d.n if d else ""]
+            low, high = (d.interval if d is not None else None) or (None, None)
+            line += [fmt(d.mean), fmt(low), fmt(high), d.n] if d else ["", "", "", ""]
         line.append(";".join(fmt(v) for v in t.per_epoch("train/gate_open")))
-        for stage in (t, s):
-            walls = [float(x.get("wall_seconds") or 0) for x in stage.results.values()]
-            line.append(fmt(sum(walls)) if walls else "")
-        writer.writerow(line)
-    return buffer.getvalue()
+        line += [fmt(sum(float(x.get("wall_seconds") or 0) for x in st.results.values())) if st.results else ""
+                 for st in (t, s)]
+        lines.append(line)
+    return pd.DataFrame(lines, columns=header, dtype=object).to_csv(index=False, lineterminator="\n")
 
 
 def write_atomic_bytes(path: Path, data: bytes) -> None:
