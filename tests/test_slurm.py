@@ -194,7 +194,7 @@ def test_a_cancelled_job_is_resumed_from_its_last_checkpoint_by_the_next_submiss
 
 def test_a_time_limit_requeues_the_job_itself_until_the_table_is_complete(slurm, tmp_path):  # noqa: F811
     """SLURM_TIME=1 (one minute) and runs that need more: each job is told to stop 20 s before its limit, saves its
-    last epoch, requeues itself (same job id: the student's afterok waits) and resumes, until the run is complete;
+    last epoch, requeues itself (same job id: the student's dependency waits) and resumes, until the run is complete;
     WAIT=1 returns rc 0 with no second submission, and the metrics are the local runner's."""
     copy_rows("margin", ("plain_ce",), tmp_path / "ablations")
     common = [f"ABLATIONS={tmp_path / 'ablations'}", f"EPOCHS={LONG_EPOCHS}", f"ARGS={LONG_ARGS}", f"PY={PY}",

@@ -1,6 +1,6 @@
 """The Slurm launcher of the table runner (`--launcher slurm`, make's LAUNCHER=slurm): every run of the grid is one
 Slurm job, submitted through submitit (which writes the job scripts), a student's job after its teacher's
-(`--dependency=afterok`), the whole grid at once; the command returns once it is submitted (or, with --wait, once
+(`--dependency=afterany`), the whole grid at once; the command returns once it is submitted (or, with --wait, once
 the grid's jobs have left the queue).
 
 A job runs `runner.run_job`, the very function the local runner runs: same run folder, same recipe check and OS lock,
@@ -18,10 +18,11 @@ results.json: no Slurm accounting (sacct/slurmdbd) is needed, which small cluste
 often lack. The time limit: Slurm sends SIGTERM to the job's processes `lead_s` seconds before it (`--signal=TERM@s`,
 a third of the limit at most, so a short job still trains; in place of submitit's USR2, which the `kd-lightning fit`
 child has no handler for), the runner passes it on to the fit, which records "interrupted" with its last epoch's
-last.ckpt, and the job requeues itself (`scontrol requeue`): same job id, so its students' `afterok` still waits, and
+last.ckpt, and the job requeues itself (`scontrol requeue`): same job id, so its students' dependency still waits, and
 the requeued job resumes the run. A job that made no new epoch since it started is failed instead of requeued
-forever. A student whose teacher's job fails is cancelled by Slurm (`--kill-on-invalid-dep=yes`) instead of waiting
-forever; the next submission submits both again.
+forever. A student starts once its teacher's job has ended (`afterany`, not `afterok`: a job whose run completed
+may still be ended by its time limit's signal, exit 143) and trains only when its teacher's results.json says
+complete; otherwise it records "failed" (its teacher is not complete) at once, and the next submission submits both.
 """
 from __future__ import annotations
 
@@ -179,9 +180,9 @@ def _executor(run_dir: Path, settings: SlurmSettings, name: str, dependency: Opt
     import submitit  # here: the local runner never needs it
 
     executor = submitit.SlurmExecutor(folder=str(run_dir / SUBMITIT_DIR / "%j"), max_num_timeout=0)
-    extra = {"signal": f"TERM@{settings.lead_s}", "kill_on_invalid_dep": "yes", "requeue": True}
+    extra: dict[str, object] = {"signal": f"TERM@{settings.lead_s}", "requeue": True}
     if dependency:
-        extra["dependency"] = f"afterok:{dependency}"
+        extra["dependency"] = f"afterany:{dependency}"
     extra.update(settings.extra_parameters())
     executor.update_parameters(job_name=name, time=settings.time, cpus_per_task=settings.cpus, ntasks_per_node=1,
                                nodes=1, signal_delay_s=settings.lead_s, additional_parameters=extra,
