@@ -5,11 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KD := $(VENV)/bin/kd-lightning
 SEEDS ?= 0
-# Where runs live: the demo's runs are the tables' plain-CE and paper rows (kd_lightning/ablations/runs.py).
+# Where runs live: the demo's runs are the tables' plain-CE and paper rows (kd_lightning/ablations/grid/store.py).
 RUNS ?= runs/ablations
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-fast clean
+.PHONY: help install lock demo test test-fast clean clean-runs
 
 help: ## Show this list of targets
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -45,8 +45,15 @@ TEST_WORKERS ?= 2
 test: install $(SWEEPS_VENV)/.installed ## Run the test suite (TEST_WORKERS=2 processes)
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-clean: ## Remove run outputs (runs/); keeps results/ (the built tables) and .venv
-	rm -rf runs lightning_logs wandb
+clean: ## Remove caches and logs (lightning_logs, wandb, __pycache__, .pytest_cache); keeps runs/, results/, .venv
+	rm -rf lightning_logs wandb .pytest_cache
+	find . -path ./.venv -prune -o -path ./runs -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+clean-runs: ## Delete every trained run under runs/ (hours of training: asks first; CONFIRM=1 skips the question)
+	@if [ -d runs ]; then \
+		if [ "$(CONFIRM)" != 1 ]; then read -r -p "delete runs/ ($$(du -sh runs | cut -f1))? [y/N] " ok; \
+			[ "$$ok" = y ] || { echo "kept runs/"; exit 0; }; fi; \
+		rm -rf runs && echo "deleted runs/"; fi
 
 include make/tables.mk
 

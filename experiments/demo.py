@@ -4,7 +4,7 @@
     intra-class teacher (paper)  ->  KD student            ("Ours": same student recipe, same seed)
     the same student alone (cross-entropy only)
 
-and one table (kd_lightning.ablations.demo_report builds it, each run picked by its role): accuracy and loss of all five runs, the teachers' embedding geometry R and soft-label statistics, the
+and one table (kd_lightning.ablations.report.demo builds it, each run picked by its role): accuracy and loss of all five runs, the teachers' embedding geometry R and soft-label statistics, the
 students' single-/multi-view accuracy, and the paired difference "Ours - KD" (with its 95% interval over seeds).
 
     python experiments/demo.py --seeds 0 1 2 3 4 [--jobs 2] [--runs runs/ablations] [--out results]
@@ -19,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from kd_lightning.ablations.demo_report import LABELS, jobs, table
-from kd_lightning.ablations.recipe import Recipe
-from kd_lightning.ablations.rows import RESULTS_FILE, ROOT, read_results, run_state
-from kd_lightning.ablations.runner import run_jobs
+from kd_lightning.ablations.grid.local import run_jobs
+from kd_lightning.ablations.grid.recipe import Recipe
+from kd_lightning.ablations.grid.spec import ROOT
+from kd_lightning.ablations.grid.store import RESULTS_FILE, RunState, RunStore
+from kd_lightning.ablations.report.demo import LABELS, jobs, table
 from kd_lightning.utils.atomic import atomic_write_text
 from kd_lightning.utils.hardware import usable_cpus
 from kd_lightning.utils.wandb_hint import sync_hint
@@ -37,23 +38,23 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the table to OUT/demo.md")
     args = parser.parse_args()
     started = time.time()
-    recipe, runs = Recipe(data="synthetic"), args.runs.resolve()
+    recipe, store = Recipe(data="synthetic"), RunStore(args.runs)
     results: dict[str, list[dict]] = {role: [] for role in LABELS}  # by role (demo_report), one entry per seed
     run_dirs: list[Path] = []
     paths: list[Path] = []
     for seed in args.seeds:
         seed_jobs = jobs(recipe, seed)
-        print(f"[demo] seed {seed}: {len(seed_jobs)} runs in {runs}/synthetic/ ({args.jobs} at a time)", flush=True)
-        states = run_jobs(list(seed_jobs.values()), recipe, runs, parallel=args.jobs)
+        print(f"[demo] seed {seed}: {len(seed_jobs)} runs in {store.root}/synthetic/ ({args.jobs} at a time)", flush=True)
+        states = run_jobs(list(seed_jobs.values()), recipe, store, parallel=args.jobs)
         failed = [key for key, state in states.items() if state != "complete"]
         if failed:
             sys.stderr.write(f"demo: runs did not complete: {', '.join(failed)} (their train.log says why)\n")
             return 1
         for role, job in seed_jobs.items():
-            results[role].append(read_results(job.dir(runs) / RESULTS_FILE))
-            run_dirs.append(job.dir(runs))
-            paths.append(job.dir(runs) / RESULTS_FILE)
-    assert all(run_state(r) == "complete" for rows in results.values() for r in rows)
+            results[role].append(store.results(job))
+            run_dirs.append(store.dir(job))
+            paths.append(store.dir(job) / RESULTS_FILE)
+    assert all(RunState.of(r) == RunState.COMPLETE for rows in results.values() for r in rows)
     text = table(results, args.seeds, paths)
     print("\n" + text, flush=True)
     if args.out:

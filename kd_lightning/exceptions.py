@@ -74,3 +74,7 @@ class RunFolderError(KDLightningError, ValueError):
 
 class WandbCredentialsError(KDLightningError, ValueError):
     """The W&B server answered that the API key it was given is not valid."""
+
+
+class RunTimeLimitError(KDLightningError, RuntimeError):
+    """A Slurm job stopped by its time limit without finishing a new epoch: requeueing it would never end."""

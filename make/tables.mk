@@ -6,11 +6,12 @@
 #   make table-lambda DATA=cifar100 PAIR='resnet32x4->resnet8x4' SEEDS="0 1 2" DEVICES=8   (quote PAIR: '>' is a
 #                                                  redirection in the shell)
 #
-# Rows are the files configs/ablations/<table>/<row>.yaml. `python -m kd_lightning.ablations run` resolves every row
-# to its run (rows of several tables that ask for the same training share one: kd_lightning/ablations/runs.py), trains
-# each missing run once under $(RUNS)/<data>/<teacher run>/seed<k>/{teacher,student}/ (an interrupted run resumes
-# from its last.ckpt, a finished one is never re-run), JOBS at a time, and writes results/<table id>.md/.csv/.png
-# after every seed.
+# A table is configs/ablations/<table>/table.yaml: teacher rows x student rows (method cards) x SEEDS.
+# `python -m kd_lightning.ablations run` resolves the whole grid first (any bad value: one error, nothing trains),
+# trains each missing run once in the run store under $(RUNS) (rows of several tables that ask for the same training
+# share one; kd_lightning/ablations/grid/store.py), JOBS at a time with GPUs / JOBS GPUs each, an interrupted run
+# resumed from its last.ckpt, a finished one never re-run, and writes results/<table id>.md/.csv/.png after every
+# seed. DRY=1 prints what would run (or be built, or submitted) and runs nothing.
 
 DATA ?= synthetic
 PAIR ?=
@@ -19,33 +20,39 @@ DEVICES ?=
 MARGIN_SPACE ?= prob
 RESULTS ?= results
 ARGS ?=
+# Arguments for the students only (Table D: a method's setting, which wins over its card's setting for PAIR).
+STUDENT_ARGS ?=
 ABLATIONS ?= configs/ablations
+DRY ?=
 # On the CPU proxy two single-threaded runs at once use both cores best; one run per GPU (or GPU set) elsewhere.
 JOBS ?= $(if $(filter synthetic,$(DATA)),2,1)
 
 ABLATE := $(PY) -m kd_lightning.ablations
 RECIPE = --data='$(DATA)' --pair='$(PAIR)' --epochs='$(EPOCHS)' --devices='$(DEVICES)' --args='$(ARGS)' \
-	--runs='$(RUNS)' --ablations='$(ABLATIONS)'
+	--student_args='$(STUDENT_ARGS)' --runs='$(RUNS)' --ablations='$(ABLATIONS)'
 # LAUNCHER=slurm submits every run as one Slurm job (students after their teachers) and returns; WAIT=1 waits for
 # the grid and builds the tables. SLURM_TIME in minutes; SLURM_CPUS is --cpus-per-task and each run's threads;
 # SLURM_EXTRA is raw sbatch options ('--qos=high --account=lab'). docs/cluster.md.
 LAUNCHER ?= local
 SLURM_PARTITION ?=
 SLURM_TIME ?= 240
-SLURM_GPUS ?= $(if $(filter synthetic,$(DATA)),0,1)
-SLURM_CPUS ?= $(if $(filter synthetic,$(DATA)),1,8)
+# Empty: the launcher's defaults (grid/slurm.py SlurmSettings): 0 GPUs and 1 CPU per job on the synthetic proxy, else
+# 1 GPU and 8 CPUs.
+SLURM_GPUS ?=
+SLURM_CPUS ?=
 SLURM_EXTRA ?=
 WAIT ?=
 LAUNCH = --launcher=$(LAUNCHER) --slurm_partition='$(SLURM_PARTITION)' --slurm_time=$(SLURM_TIME) \
-	--slurm_gpus=$(SLURM_GPUS) --slurm_cpus=$(SLURM_CPUS) --slurm_extra='$(SLURM_EXTRA)' $(if $(WAIT),--wait)
+	$(if $(SLURM_GPUS),--slurm_gpus=$(SLURM_GPUS)) $(if $(SLURM_CPUS),--slurm_cpus=$(SLURM_CPUS)) \
+	--slurm_extra='$(SLURM_EXTRA)' $(if $(WAIT),--wait)
 TABLE_RUN = $(ABLATE) run $1 --seeds $(SEEDS) --margin_space $(MARGIN_SPACE) --jobs $(JOBS) --out '$(RESULTS)' \
-	$(LAUNCH) $(RECIPE)
+	$(LAUNCH) $(RECIPE) $(if $(DRY),--dry-run)
 # The tables whose runs `make tables-status` lists (STATUS=margin for `make table-margin`'s).
 STATUS ?= margin contrastive lambda
 
 .PHONY: tables table-margin table-contrastive table-lambda table-students table-build tables-status sweeps proxy proxy-students
 
-table-margin: install ## Table A, margin δ (DATA PAIR='T->S' EPOCHS SEEDS DEVICES JOBS MARGIN_SPACE=prob|logit)
+table-margin: install ## Table A, margin δ (DATA PAIR='T->S' EPOCHS SEEDS DEVICES JOBS MARGIN_SPACE=prob|logit DRY=1)
 	$(call TABLE_RUN,margin)
 
 table-contrastive: install ## Table B, contrastive objective (DATA PAIR='T->S' EPOCHS SEEDS DEVICES JOBS)
@@ -54,7 +61,7 @@ table-contrastive: install ## Table B, contrastive objective (DATA PAIR='T->S' E
 table-lambda: install ## Table C, weight λ with embedding geometry (DATA PAIR='T->S' EPOCHS SEEDS DEVICES JOBS)
 	$(call TABLE_RUN,lambda)
 
-table-students: install ## Table D, teacher {plain CE, paper} x student {KD, DKD, DIST, CRD, KD+RKD} (same variables)
+table-students: install ## Table D, teacher {plain CE, paper} x every distillation method (same variables)
 	$(call TABLE_RUN,students)
 
 tables: install ## Tables A, B and C: each distinct run trained once (10 teachers + students per seed)
@@ -62,9 +69,9 @@ tables: install ## Tables A, B and C: each distinct run trained once (10 teacher
 
 # Every seed found under RUNS unless SEEDS is given on the command line; a table with no run at all is skipped.
 table-build: install ## Rebuild every table that has runs in RUNS, from every seed found (SEEDS=... to choose)
-	$(ABLATE) build margin contrastive lambda students \
+	$(ABLATE) build all \
 		$(if $(filter-out file default,$(origin SEEDS)),--seeds $(SEEDS)) \
-		--margin_space $(MARGIN_SPACE) --out '$(RESULTS)' $(RECIPE)
+		--margin_space $(MARGIN_SPACE) --out '$(RESULTS)' $(RECIPE) $(if $(DRY),--dry-run)
 
 tables-status: install ## One line per run: complete, pending/running (Slurm job id), failed (its log) (STATUS=margin...)
 	$(ABLATE) status $(STATUS) --seeds $(SEEDS) --margin_space $(MARGIN_SPACE) $(RECIPE)

@@ -528,7 +528,8 @@ def test_readme_lists_every_doc():
 
 def test_docstring_commands_of_the_ablations_cli_work(tmp_path: Path):
     """The usage lines in the ablations modules' docstrings (`python -m kd_lightning.ablations build ...`)."""
-    from kd_lightning.ablations import __main__ as cli, table
+    from kd_lightning.ablations import __main__ as cli
+    from kd_lightning.ablations.report import tables as table
 
     commands = [Command(Path(m.__file__).name, n, line.strip())
                 for m in (cli, table) for n, line in enumerate((m.__doc__ or "").splitlines(), 1)
@@ -553,7 +554,10 @@ def _proxy_minutes() -> tuple[list[float], float, float]:
 
     wall: dict[tuple[str, str, str], float] = {}
     for path in (ROOT / "results/proxy-runs").glob("*/*/seed*/*/results.json"):
-        run, seed, stage = path.parts[-4:-1]
+        # <teacher run>-<hash>/seed<k>/<teacher | method-hash> (kd_lightning/ablations/grid/store.py)
+        top, seed, folder = path.parts[-4:-1]
+        run, name = top.rsplit("-", 1)[0], folder.rsplit("-", 1)[0]
+        stage = "teacher" if folder == "teacher" else "student" if name in ("kd", "alone") else f"student-{name}"
         wall[run, seed, stage] = float(json.loads(path.read_text())["wall_seconds"])
     seeds = sorted({seed for _, seed, _ in wall})
     demo_runs = [("plain_ce", "teacher"), ("plain_ce", "student"), ("paper", "teacher"), ("paper", "student"),

@@ -11,9 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from test_tables import TINY, copy_rows
+from test_tables import TINY, copy_rows, plain
 
-from kd_lightning.ablations import rows
+from kd_lightning.ablations.grid.store import RunState, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -33,7 +33,7 @@ def test_a_killed_runner_a_zombie_leaves_no_stale_lock(tmp_path):
     first = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in first.stdout:
-            if "plain_ce/seed0/teacher: starting" in line:
+            if re.search(r"plain_ce-\w+/seed0/teacher: starting", line):
                 break
         time.sleep(1.0)
         os.kill(first.pid, signal.SIGKILL)
@@ -46,9 +46,10 @@ def test_a_killed_runner_a_zombie_leaves_no_stale_lock(tmp_path):
         again = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert "delete run.lock" not in again.stdout + again.stderr
-        run = tmp_path / "runs" / "synthetic" / "plain_ce" / "seed0"
-        for stage in ("teacher", "student"):
-            assert rows.is_complete(run / stage / "results.json"), stage
+        (run,) = (tmp_path / "runs" / "synthetic").glob("plain_ce-*/seed0")
+        for stage in ("teacher", "kd-*"):
+            (folder,) = run.glob(stage)
+            assert RunState.of(read_json(folder / "results.json")) == RunState.COMPLETE, stage
         assert not (run / "teacher" / "run.lock.owner").exists()
     finally:
         first.kill()
@@ -72,11 +73,12 @@ def test_two_tables_at_once_share_a_run_and_train_it_once(tmp_path):
         first, second = a.result(), b.result()
     for proc in (first, second):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    starts = re.findall(r"\[run\] (\S+): (?:starting|resuming|restarting)", first.stdout + second.stdout)
-    keys = [f"synthetic/{t}/seed0/{s}" for t in ("paper", "plain_ce") for s in ("teacher", "student")]
-    assert sorted(starts) == sorted(keys), starts  # each run started by one of the two commands, once
-    for key in keys:
+    found = re.findall(r"\[run\] (\S+): (?:starting|resuming|restarting)", first.stdout + second.stdout)
+    keys = [f"synthetic/{t}/seed0/{s}" for t in ("paper", "plain_ce") for s in ("teacher", "kd")]
+    assert sorted(plain(k) for k in found) == sorted(keys), found  # each run started by one of the two, once
+    for key in found:
         run_dir = tmp_path / "runs" / key
-        assert rows.is_complete(run_dir / "results.json") and fits_in(run_dir / "train.log") == 1, key
+        assert RunState.of(read_json(run_dir / "results.json")) == RunState.COMPLETE, key
+        assert fits_in(run_dir / "train.log") == 1, key
     for name in ("margin", "contrastive"):
         assert (tmp_path / ("a" if name == "margin" else "b") / f"{name}.md").is_file()

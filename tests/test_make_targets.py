@@ -71,12 +71,13 @@ OTHER_TARGETS = {
     "test": ([], ["pytest -q"]),
     "install": ([], []),  # rc 0 only: up to date it prints nothing, else the install steps
     "lock": ([], ["pip freeze", "constraints.txt"]),
-    "clean": ([], ["rm -rf runs"]),
+    "clean": ([], ["rm -rf lightning_logs wandb"]),
+    "clean-runs": ([], ["rm -rf runs"]),
     "bench": ([], ["experiments/benchmark.py"]),
     "bench-smoke": ([], ["experiments/benchmark.py --smoke"]),
     "bench-wheels": ([], ["pip download", "-d .whl"]),
     "help": ([], []),  # run for real in test_help_lists_every_target_and_quotes_pair
-    "table-build": (["SEEDS=1 2", "RUNS=out/runs", "RESULTS=out/tables"], ["build margin contrastive lambda students",
+    "table-build": (["SEEDS=1 2", "RUNS=out/runs", "RESULTS=out/tables"], ["build all",
                                                                           "--seeds 1 2", "--runs='out/runs'",
                                                                           "--out 'out/tables'"]),
 }
@@ -110,6 +111,22 @@ def test_table_target_passes_the_slurm_launcher_variables():
                    "--slurm_cpus=8", "--slurm_extra=--qos=high --account=lab", "--wait"]:
         assert effect in argv, (effect, argv)
     assert "--wait" not in ablations_line(make("table-margin"))
+    # Unset, GPUs and CPUs per job are the launcher's own defaults (one place: grid/slurm.py), not make's.
+    assert not any(a.startswith(("--slurm_gpus", "--slurm_cpus")) for a in ablations_line(make("table-margin")))
+
+
+def test_dry_makes_every_table_target_a_dry_run():
+    assert "--dry-run" in ablations_line(make("table-margin", "DRY=1"))
+    assert "--dry-run" in ablations_line(make("table-build", "DRY=1"))
+    assert "--dry-run" not in ablations_line(make("table-margin"))
+    assert "DRY=1" in help_targets()["table-margin"]
+
+
+def test_clean_keeps_the_trained_runs():
+    """`make clean` removes caches and logs, never runs/ (hours of training); `make clean-runs` is the explicit way."""
+    clean = make("clean")
+    assert "rm -rf" in clean and not re.search(r"rm -rf[^\n]*\bruns\b", clean.replace("-prune", ""))
+    assert "-path ./runs -prune" in clean
 
 
 def test_table_defaults_are_the_cpu_proxy():
@@ -154,8 +171,9 @@ def test_table_build_skips_tables_without_runs(tmp_path: Path):
     """Runs of the demo's teachers only: Tables A-C are built, and a folder with no runs at all is an error."""
     runs = tmp_path / "runs" / "synthetic"
     for name in ("plain_ce", "paper"):
-        shutil.copytree(ROOT / "results/proxy-runs/synthetic" / name / "seed3" / "teacher",
-                        runs / name / "seed3" / "teacher", ignore=shutil.ignore_patterns("checkpoints"))
+        (committed,) = (ROOT / "results/proxy-runs/synthetic").glob(f"{name}-*")
+        shutil.copytree(committed / "seed3" / "teacher", runs / committed.name / "seed3" / "teacher",
+                        ignore=shutil.ignore_patterns("checkpoints"))
     code, text = run_ablations_dry(["build", "margin", "students", f"--runs={tmp_path / 'runs'}",
                                     "--out", str(tmp_path / "out")])
     assert code == 0 and "would build margin from seeds 3:" in text and "would build students from seeds 3:" in text
@@ -170,9 +188,11 @@ def test_user_tables_are_git_ignored_and_committed_ones_are_not():
     out = ablations_line(make("tables"))
     results = out[out.index("--out") + 1]
     written = [f"{results}/{tid}.{ext}" for tid in ("margin", "margin-logit", "contrastive", "lambda", "students")
-               for ext in ("md", "csv", "png")] + ["runs/ablations/synthetic/paper/seed0/teacher/results.json"]
+               for ext in ("md", "csv", "png")] + ["runs/ablations/synthetic/paper-0123456789/seed0/teacher/results.json"]
     ignored = subprocess.run(["git", "check-ignore", *written], cwd=ROOT, capture_output=True, text=True)
     assert sorted(ignored.stdout.split()) == sorted(written)
-    committed = subprocess.run(["git", "check-ignore", "results/proxy/margin.md", "results/proxy-runs/synthetic/"
-                                "paper/seed0/teacher/results.json"], cwd=ROOT, capture_output=True, text=True)
+    (paper,) = (ROOT / "results/proxy-runs/synthetic").glob("paper-*")
+    committed = subprocess.run(["git", "check-ignore", "results/proxy/margin.md",
+                                str((paper / "seed0/teacher/results.json").relative_to(ROOT))],
+                               cwd=ROOT, capture_output=True, text=True)
     assert committed.stdout == "" and committed.returncode == 1

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from kd_lightning.ablations import demo_report
-from kd_lightning.ablations.demo_report import ALONE, CE_TEACHER, INTRA_TEACHER, KD, LABELS, OURS
+from kd_lightning.ablations.report import demo as demo_report
+from kd_lightning.ablations.report.demo import ALONE, CE_TEACHER, INTRA_TEACHER, KD, LABELS, OURS
 
 SEEDS = [0, 1, 2, 3]
 METRICS = ["test/acc", "test/loss", "test/acc_single_view", "test/acc_multi_view", "test/ratio",
@@ -109,12 +109,12 @@ def test_demo_table_names_a_missing_role():
 
 
 def test_demo_jobs_are_keyed_by_role_to_the_right_teachers():
-    from kd_lightning.ablations.recipe import Recipe
+    from kd_lightning.ablations.grid.recipe import Recipe
 
     jobs = demo_report.jobs(Recipe(data="synthetic"), 3)
     assert set(jobs) == set(LABELS) and all(job.seed == 3 for job in jobs.values())
     assert "--model.contrastive_weight=0.0" in jobs[CE_TEACHER].args  # the plain-CE teacher: lambda = 0
     assert not any("contrastive_weight" in a or "objective" in a for a in jobs[INTRA_TEACHER].args)  # the paper
-    key = lambda job: job.key  # noqa: E731  (`needs` names the teacher's run folder, without its arguments)
-    assert key(jobs[KD].needs) == key(jobs[CE_TEACHER]) and key(jobs[OURS].needs) == key(jobs[INTRA_TEACHER])
-    assert jobs[ALONE].needs is None and jobs[ALONE].stage == jobs[KD].stage == "student"
+    assert jobs[KD].teacher == jobs[CE_TEACHER] and jobs[OURS].teacher == jobs[INTRA_TEACHER]
+    assert jobs[ALONE].teacher is None and jobs[ALONE].stage == jobs[KD].stage == "student"
+    assert jobs[KD].digest == jobs[OURS].digest != jobs[ALONE].digest  # one student recipe, two teachers

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kd_lightning.ablations import recipe, rows, runner, runs
+from kd_lightning.ablations.grid import local as runner, recipe, runs, spec
+from kd_lightning.ablations.grid.store import RunStore
 from kd_lightning.exceptions import KDLightningError, RowError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +38,11 @@ def test_an_agents_str_float_is_the_rows_decimal():
     agent = runs.teacher_run(PROXY, ["--model.contrastive_weight=1e-05"])
     row = runs.teacher_run(PROXY, ["--model.contrastive_weight=0.00001"])
     assert agent == row and agent.name == "contrastive_weight=1e-05"
-    a = runner.expected_identity(runs.teacher_job("synthetic", agent, 0), PROXY, Path("/r"))
-    b = runner.expected_identity(runs.teacher_job("synthetic", row, 0), PROXY, Path("/r"))
+    a_job, b_job = runs.teacher_job(PROXY, agent, 0), runs.teacher_job(PROXY, row, 0)
+    a = runner.expected_identity(a_job, PROXY, RunStore("/r"))
+    b = runner.expected_identity(b_job, PROXY, RunStore("/r"))
     assert a == b and a["model"]["init_args"]["contrastive_weight"] == 1e-05
+    assert a_job.digest == b_job.digest  # one folder
 
 
 def test_a_change_outside_the_teachers_init_args_is_part_of_the_name():
@@ -50,14 +53,14 @@ def test_a_change_outside_the_teachers_init_args_is_part_of_the_name():
 
 # --- bad rows stop the table before the first run starts ------------------------------------------------------------
 def copy_table(table: str, dest: Path, extra_rows: dict[str, str]) -> Path:
-    """A copy of `table`'s rows (files and manifest) with `extra_rows` ({name: file text}) appended."""
+    """A copy of `table`'s rows (files and manifest) with `extra_rows` ({name: file text}) added as teacher rows."""
     folder = dest / table
-    shutil.copytree(rows.rows_dir(table), folder)
-    manifest = (folder / rows.MANIFEST).read_text()
+    shutil.copytree(spec.ABLATIONS / table, folder)
+    manifest = (folder / spec.MANIFEST).read_text()
     for name, text in extra_rows.items():
         (folder / f"{name}.yaml").write_text(text)
-        manifest += f"  - name: {name}\n    label: {name}\n"
-    (folder / rows.MANIFEST).write_text(manifest)
+        manifest = manifest.replace("teachers:\n", f"teachers:\n  - name: {name}\n    label: {name}\n", 1)
+    (folder / spec.MANIFEST).write_text(manifest)
     return dest
 
 
@@ -85,13 +88,13 @@ def test_a_bad_row_stops_the_table_before_any_run(tmp_path, text, says):
     assert elapsed < 120  # the time it takes to parse (imports included), not to train 12 runs
 
 
-def test_a_row_naming_a_missing_overlay_stops_the_table(tmp_path):
+def test_a_manifest_naming_a_missing_method_stops_the_table(tmp_path):
     ablations = copy_table("students", tmp_path / "ablations", {})
-    manifest = ablations / "students" / rows.MANIFEST
-    manifest.write_text(manifest.read_text().replace("configs/student/dist.yaml", "configs/student/dits.yaml"))
+    manifest = ablations / "students" / spec.MANIFEST
+    manifest.write_text(manifest.read_text().replace("students: all", "students: [kd, dits]"))
     proc = ablations_run("students", ablations, tmp_path / "runs", tmp_path / "results")
     assert proc.returncode == 2
-    assert "row 'dist': overlay configs/student/dits.yaml names no file" in proc.stderr
+    assert "no distillation method named dits" in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -107,45 +110,15 @@ def test_resolving_names_the_row_file_and_the_key(tmp_path):
 
 def test_no_yaml_merging_left_in_the_table_code():
     # Configs are resolved by the CLI's parser; PyYAML loads only a W&B sweep file (sweep_expand), never a config.
-    for path in (ROOT / "kd_lightning" / "ablations").glob("*.py"):
+    for path in (ROOT / "kd_lightning" / "ablations").rglob("*.py"):
         text = path.read_text()
-        if path.name != "sweep_expand.py":
+        if path.name != "expand.py":
             assert "yaml.safe_load" not in text, path
-
-
-# --- runs recorded before the parser (recipe.json version 1) are kept, not retrained -------------------------------
-def legacy_run(tmp_path: Path, max_epochs: int = 20) -> tuple[runs.Job, Path]:
-    """The committed proxy's paper teacher, seed 0, with a version-1 recipe.json (a YAML-merged "config")."""
-    source = ROOT / "results" / "proxy-runs" / "synthetic" / "paper" / "seed0" / "teacher"
-    out = tmp_path / "runs"
-    job = runs.Job("synthetic", "paper", 0, "teacher")
-    run_dir = job.dir(out)
-    run_dir.mkdir(parents=True)
-    for name in ("results.json", "config.yaml"):
-        shutil.copy(source / name, run_dir)
-    config = run_dir / "config.yaml"
-    config.write_text(config.read_text().replace("max_epochs: 20", f"max_epochs: {max_epochs}"))
-    (run_dir / "recipe.json").write_text(json.dumps({"command": ["-m", "kd_lightning", "fit"], "config": {}}))
-    return job, out
-
-
-def test_a_version_1_run_that_matches_is_kept_and_its_recipe_migrated(tmp_path):
-    job, out = legacy_run(tmp_path)
-    assert runner.run_job(job, PROXY, out) == "complete"
-    recorded = json.loads((job.dir(out) / "recipe.json").read_text())
-    assert recorded["identity_version"] == runner.IDENTITY_VERSION
-    assert recorded["identity"] == runner.expected_identity(job, PROXY, out)
-
-
-def test_a_version_1_run_with_other_settings_is_stale(tmp_path):
-    job, out = legacy_run(tmp_path, max_epochs=7)
-    with pytest.raises(runner.StaleRunError, match=r"trainer.max_epochs: 7 -> 20"):
-        runner.run_job(job, PROXY, out)
 
 
 # --- one GPU means one GPU --------------------------------------------------------------------------------------------
 def test_devices_default_to_one_process():
-    from kd_lightning.ablations.identity import resolve
+    from kd_lightning.ablations.grid.identity import resolve
 
     plain = resolve(["--model=kd_lightning.modules.TeacherModule", "--data=kd_lightning.data.SyntheticDataModule"],
                     "test")

@@ -14,15 +14,19 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import slurm  # noqa: F401  (the session fixture)
-from test_tables import TINY, copy_rows, make
+from test_tables import TINY, copy_rows, make, plain
 
-from kd_lightning.ablations import rows, slurm as launcher
-from kd_lightning.ablations.__main__ import table_jobs
-from kd_lightning.ablations.recipe import Recipe
+from kd_lightning.ablations.grid import slurm as launcher
+from kd_lightning.ablations.grid.recipe import Recipe
+from kd_lightning.ablations.grid.runs import grid_jobs
+from kd_lightning.ablations.grid.spec import tables_of
+from kd_lightning.ablations.grid.store import RunStore, read_json
 from kd_lightning.exceptions import UserValueError
 
 PY = sys.executable
 METRICS = ("test/acc", "val/acc", "train/loss")
+#: A tiny run made longer than a 1-minute job: 24 epochs of 1,536 images (2-4 s each on one core here).
+LONG_EPOCHS, LONG_ARGS = 24, f"{TINY} --data.train_size=1536"
 
 
 def test_slurm_extra_options_become_sbatch_flags():
@@ -32,6 +36,17 @@ def test_slurm_extra_options_become_sbatch_flags():
         launcher.SlurmSettings(extra="-p debug").extra_parameters()
     with pytest.raises(UserValueError, match="SLURM_CPUS must be >= 1"):
         launcher.SlurmSettings(cpus=0)
+    # The stop signal's lead time fits the limit: 120 s before a 4-hour limit, 20 s before a 1-minute one.
+    assert launcher.SlurmSettings(time=240).lead_s == 120 and launcher.SlurmSettings(time=1).lead_s == 20
+
+
+def test_status_says_how_often_a_run_was_requeued(tmp_path):
+    job = grid_jobs(Recipe(data="synthetic"), tables_of(["margin"]), 0)[0]
+    store = RunStore(tmp_path)
+    store.dir(job).mkdir(parents=True)
+    (store.dir(job) / launcher.SLURM_FILE).write_text(json.dumps({"job_id": "17", "requeues": 2}))
+    assert launcher.run_status(job, store, {"17": "pending"}) == ("requeued (2)", "job 17")
+    assert launcher.run_status(job, store, {})[0] == "failed"  # left the queue without a result: killed
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
@@ -40,7 +55,13 @@ def ok(proc: subprocess.CompletedProcess) -> str:
 
 
 def submitted(out: str) -> dict[str, str]:
-    return dict(re.findall(r"\[slurm\] (\S+): submitted job (\d+)", out))
+    """{run key without its hashes: job id} of the runs a submission submitted."""
+    return {plain(key): job for key, job in re.findall(r"\[slurm\] (\S+): submitted job (\d+)", out)}
+
+
+def run_dirs(runs: Path) -> dict[str, Path]:
+    """{run key without its hashes: its folder} of every run under `runs`."""
+    return {plain(str(p.parent.relative_to(runs))): p.parent for p in runs.rglob("results.json")}
 
 
 def scontrol(job_id: str) -> dict[str, str]:
@@ -48,7 +69,7 @@ def scontrol(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", text))
 
 
-KEYS = [f"synthetic/{t}/seed0/{s}" for t in ("paper", "plain_ce") for s in ("teacher", "student")]
+KEYS = [f"synthetic/{t}/seed0/{s}" for t in ("paper", "plain_ce") for s in ("teacher", "kd")]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +98,7 @@ def test_the_grid_is_submitted_at_once_and_a_second_submission_submits_nothing(g
     assert len(set(ids.values())) == 4
     # While it runs: every run is pending or running with its job id (or already complete: tiny runs are quick).
     for key in KEYS:
-        line = next(line for line in grids["status"].splitlines() if line.split()[1:2] == [key])
+        line = next(line for line in grids["status"].splitlines() if [plain(w) for w in line.split()[1:2]] == [key])
         state = line.split()[0]
         assert state in ("pending", "running", "complete"), grids["status"]
         if state != "complete":
@@ -85,8 +106,9 @@ def test_the_grid_is_submitted_at_once_and_a_second_submission_submits_nothing(g
     assert re.search(r"^(pending|running) ", grids["status"], re.M), grids["status"]
     # Submitted again while queued: nothing new; each run still records its first job.
     assert submitted(grids["again"]) == {}, grids["again"]
+    folders = run_dirs(grids["base"] / "slurm-runs")
     for key in KEYS:
-        record = json.loads((grids["base"] / "slurm-runs" / key / "slurm.json").read_text())
+        record = json.loads((folders[key] / "slurm.json").read_text())
         assert record["job_id"] == ids[key]
     assert submitted(grids["waited"]) == {}, grids["waited"]
     lines = [line for line in grids["after"].splitlines() if re.match(r"\w+ +synthetic/", line)]
@@ -98,18 +120,21 @@ def test_a_student_job_starts_only_after_its_teacher_job_ended(grids):
     ids = submitted(grids["first"])
     for teacher in ("paper", "plain_ce"):
         t = scontrol(ids[f"synthetic/{teacher}/seed0/teacher"])
-        s = scontrol(ids[f"synthetic/{teacher}/seed0/student"])
+        s = scontrol(ids[f"synthetic/{teacher}/seed0/kd"])
         assert t["JobState"] == s["JobState"] == "COMPLETED", (t, s)
         assert datetime.fromisoformat(s["StartTime"]) >= datetime.fromisoformat(t["EndTime"]), (t, s)
-        record = json.loads((grids["base"] / "slurm-runs" / f"synthetic/{teacher}/seed0/student/slurm.json")
-                            .read_text())
+        folder = run_dirs(grids["base"] / "slurm-runs")[f"synthetic/{teacher}/seed0/kd"]
+        record = json.loads((folder / "slurm.json").read_text())
         assert record["after"] == ids[f"synthetic/{teacher}/seed0/teacher"]
 
 
 def test_slurm_runs_give_the_local_runners_metrics_and_table(grids):
+    on_slurm, local = run_dirs(grids["base"] / "slurm-runs"), run_dirs(grids["base"] / "local-runs")
     for key in KEYS:
-        a = json.loads((grids["base"] / "slurm-runs" / key / "results.json").read_text())
-        b = json.loads((grids["base"] / "local-runs" / key / "results.json").read_text())
+        assert on_slurm[key].relative_to(grids["base"] / "slurm-runs") == local[key].relative_to(
+            grids["base"] / "local-runs")  # the same recipe: the same store folder, hashes included
+        a = json.loads((on_slurm[key] / "results.json").read_text())
+        b = json.loads((local[key] / "results.json").read_text())
         assert a["status"] == b["status"] == "complete"
         assert a["epochs"] == b["epochs"] == 2
         for part in ("last", "best"):
@@ -131,16 +156,17 @@ def test_slurm_runs_give_the_local_runners_metrics_and_table(grids):
 def test_a_cancelled_job_is_resumed_from_its_last_checkpoint_by_the_next_submission(slurm, tmp_path):  # noqa: F811
     copy_rows("margin", ("plain_ce",), tmp_path / "ablations")
     recipe = Recipe(data="synthetic", epochs=12, extra=TINY.split())
-    teacher = [j for j in table_jobs(["margin"], recipe, 0, tmp_path / "ablations") if j.stage == "teacher"]
-    runs = tmp_path / "runs"
+    teacher = [j for j in grid_jobs(recipe, tables_of(["margin"], root=tmp_path / "ablations"), 0)
+               if j.stage == "teacher"]
+    runs = RunStore(tmp_path / "runs")
     settings = launcher.SlurmSettings(cpus=1, time=10)
     first = launcher.submit_grid(teacher, recipe, runs, settings)
     (what, job_id), = first.values()
     assert what == "submitted"
-    run_dir = teacher[0].dir(runs)
+    run_dir = runs.dir(teacher[0])
     deadline = time.time() + 180
     while time.time() < deadline:  # mid-run: a last.ckpt of a finished epoch, more epochs to go
-        results = rows.read_results(run_dir / "results.json") or {}
+        results = read_json(run_dir / "results.json") or {}
         if (run_dir / "checkpoints" / "last.ckpt").is_file() and 1 <= results.get("epochs", 0) < 8:
             break
         time.sleep(0.2)
@@ -148,7 +174,7 @@ def test_a_cancelled_job_is_resumed_from_its_last_checkpoint_by_the_next_submiss
         pytest.fail(f"the job never got mid-run: {(run_dir / 'train.log').read_text()[-2000:]}")
     subprocess.run(["scancel", job_id], check=True)
     launcher.wait_grid([job_id], poll_s=0.5)
-    stopped = rows.read_results(run_dir / "results.json")
+    stopped = read_json(run_dir / "results.json")
     assert stopped["status"] != "complete" and stopped["epochs"] < 12
     state, detail = launcher.run_status(teacher[0], runs, launcher.queue())
     assert state in ("failed", "interrupted") and str(run_dir / "train.log") in detail, (state, detail)
@@ -161,6 +187,31 @@ def test_a_cancelled_job_is_resumed_from_its_last_checkpoint_by_the_next_submiss
     assert "--ckpt_path=last" in job_log, job_log
     log = (run_dir / "train.log").read_text()
     assert f"Restoring states from the checkpoint path at {run_dir / 'checkpoints' / 'last.ckpt'}" in log, log[-3000:]
-    final = rows.read_results(run_dir / "results.json")
+    final = read_json(run_dir / "results.json")
     assert final["status"] == "complete" and final["epochs"] == 12, final
     assert launcher.submit_grid(teacher, recipe, runs, settings) == {teacher[0].key: ("complete", "")}
+
+
+def test_a_time_limit_requeues_the_job_itself_until_the_table_is_complete(slurm, tmp_path):  # noqa: F811
+    """SLURM_TIME=1 (one minute) and runs that need more: each job is told to stop 20 s before its limit, saves its
+    last epoch, requeues itself (same job id: the student's dependency waits) and resumes, until the run is complete;
+    WAIT=1 returns rc 0 with no second submission, and the metrics are the local runner's."""
+    copy_rows("margin", ("plain_ce",), tmp_path / "ablations")
+    common = [f"ABLATIONS={tmp_path / 'ablations'}", f"EPOCHS={LONG_EPOCHS}", f"ARGS={LONG_ARGS}", f"PY={PY}",
+              "STATUS=margin"]
+    proc = make("table-margin", f"RUNS={tmp_path / 'slurm-runs'}", f"RESULTS={tmp_path / 'slurm-results'}",
+                "LAUNCHER=slurm", "SLURM_CPUS=1", "SLURM_TIME=1", "WAIT=1", *common)
+    out = ok(proc)
+    assert sorted(submitted(out)) == ["synthetic/plain_ce/seed0/kd", "synthetic/plain_ce/seed0/teacher"], out
+    on_slurm = run_dirs(tmp_path / "slurm-runs")
+    requeues = {key: json.loads((folder / "slurm.json").read_text()).get("requeues", 0)
+                for key, folder in on_slurm.items()}
+    assert requeues["synthetic/plain_ce/seed0/teacher"] >= 1, requeues  # it needed more than its one minute
+    ok(make("table-margin", f"RUNS={tmp_path / 'local-runs'}", f"RESULTS={tmp_path / 'local-results'}", "JOBS=1",
+            *common))
+    local = run_dirs(tmp_path / "local-runs")
+    for key, folder in on_slurm.items():
+        a, b = (json.loads((f / "results.json").read_text()) for f in (folder, local[key]))
+        assert a["status"] == b["status"] == "complete" and a["epochs"] == b["epochs"] == LONG_EPOCHS, key
+        for metric in METRICS:
+            assert a["last"][metric] == b["last"][metric], (key, metric)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,25 +14,30 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kd_lightning.ablations import recipe, rows, runs, sweep, sweep_expand
+from kd_lightning.ablations.grid import recipe, runs, spec
+from kd_lightning.ablations.grid.store import RunStore
+from kd_lightning.ablations.sweeps import agent as sweep, expand as sweep_expand
+from kd_lightning.distillation.registry import method_cards
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SWEEP_FILES = {table: ROOT / "configs" / "sweeps" / f"{table}.yaml" for table in rows.TABLES}
-TEACHER_TABLES = [t for t in rows.TABLES if t not in rows.STUDENT_TABLES]
+TABLES = spec.table_names()
+SWEEP_FILES = {table: ROOT / "configs" / "sweeps" / f"{table}.yaml" for table in TABLES}
+#: Tables with one student row sweep the teachers' own keys; those with several sweep `teacher` x `student`.
+TEACHER_TABLES = [t for t in TABLES if len(spec.load_table(t).students) == 1]
 
 
 def load(table: str) -> dict:
     return yaml.safe_load(SWEEP_FILES[table].read_text())
 
 
-@pytest.mark.parametrize("table", rows.TABLES)
+@pytest.mark.parametrize("table", TABLES)
 def test_sweep_file_is_written_from_the_rows(table):
     # One source of truth: the committed file is exactly what the rows give (regenerate with `make sweeps`).
-    assert SWEEP_FILES[table].read_text() == sweep.sweep_text(table, seeds=[0]), "run `make sweeps`"
+    assert SWEEP_FILES[table].read_text() == sweep.sweep_text(spec.load_table(table), seeds=[0]), "run `make sweeps`"
 
 
-@pytest.mark.parametrize("table", rows.TABLES)
+@pytest.mark.parametrize("table", TABLES)
 def test_sweep_file_is_a_wandb_grid_sweep(table):
     config = load(table)
     assert (ROOT / config["program"]).is_file()
@@ -43,7 +49,7 @@ def test_sweep_file_is_a_wandb_grid_sweep(table):
     assert command[-1] == "${args}"
     assert f"--table={table}" in command
     for name in config["parameters"]:
-        if table in rows.STUDENT_TABLES:  # Table D: the program's own options, teacher x student method
+        if table not in TEACHER_TABLES:  # Table D: the program's own options, teacher x student method
             assert name in ("seed_everything", "teacher", "student"), name
         else:
             assert name == "seed_everything" or name.startswith("model."), name  # the CLI's dotted keys
@@ -73,12 +79,12 @@ def test_wandb_sweep_engine_accepts_the_files_and_gives_the_grid_sweep_expand_ru
     if not SWEEPS_PYTHON.is_file():
         pytest.skip(f"W&B's sweep engine venv {SWEEPS_PYTHON} is absent: `python -m venv .venv-sweeps && "
                     ".venv-sweeps/bin/pip install sweeps==0.3.0` (or set KD_SWEEPS_PYTHON)")
-    paths = [str(SWEEP_FILES[t]) for t in rows.TABLES]
+    paths = [str(SWEEP_FILES[t]) for t in TABLES]
     proc = subprocess.run([str(SWEEPS_PYTHON), "-c", ENGINE_SCRIPT, *paths], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     engine_grids = json.loads(proc.stdout.strip().splitlines()[-1])
-    for table in rows.TABLES:
+    for table in TABLES:
         engine_runs = engine_grids[str(SWEEP_FILES[table])]
         name, ours = sweep_expand.grid(load(table))
         assert name == "Cartesian product"  # this venv has no engine: the fallback is what agents are compared with
@@ -115,7 +121,7 @@ def test_every_agent_command_puts_the_swept_value_where_it_belongs():
     for table in TEACHER_TABLES:
         config = load(table)
         engine, commands = sweep_expand.expand(config)
-        table_rows = rows.load_rows(table)
+        table_rows = spec.load_table(table).teachers
         swept = [n for n in config["parameters"] if n != "seed_everything"]
         assert len(swept) == 1
         assert len(commands) == len(table_rows) * len(config["parameters"]["seed_everything"]["values"]), engine
@@ -145,10 +151,11 @@ def test_every_agent_command_puts_the_swept_value_where_it_belongs():
         assert init["backbone"] == "resnet20" and teacher["trainer"]["max_epochs"] == 20
         assert teacher["data"]["init_args"]["train_size"] == 3000
         # The agent run is the run the value's row resolves to: the Makefile's run folder, and the row's values.
-        run_name = Path(teacher["trainer"]["default_root_dir"]).parent.parent.name
-        proxy = recipe.Recipe(data="synthetic")
-        row = {runs.row_teacher(proxy, r).name: r for r in rows.load_rows(table)}[run_name]
-        for key, want in row.model_overrides().items():
+        run_dir = Path(teacher["trainer"]["default_root_dir"])
+        proxy, store = recipe.Recipe(data="synthetic"), RunStore(ROOT / "runs" / "ablations")
+        row = {store.dir(runs.teacher_job(proxy, run, seed)): r
+               for r, run in runs.table_teachers(proxy, spec.load_table(table))}[run_dir]
+        for key, want in sweep.model_overrides(row).items():
             assert landed(init, key) == want, (row.name, key)
         if student is not None:
             students[table] += 1
@@ -156,11 +163,11 @@ def test_every_agent_command_puts_the_swept_value_where_it_belongs():
             assert student["seed_everything"] == seed and student["model"]["init_args"]["backbone"] == "resnet8"
             assert student["model"]["init_args"]["teacher_checkpoint"] == str(
                 Path(teacher["trainer"]["default_root_dir"]) / "checkpoints" / "last.ckpt")
-            assert student["trainer"]["default_root_dir"] == str(
-                Path(teacher["trainer"]["default_root_dir"]).parent / "student")
+            assert Path(student["trainer"]["default_root_dir"]).parent == run_dir.parent
+            assert Path(student["trainer"]["default_root_dir"]).name.startswith("kd-")
         seen[table].add(row.name)
     for table in TEACHER_TABLES:
-        assert seen[table] == {r.name for r in rows.load_rows(table)}  # every row once
+        assert seen[table] == {r.name for r in spec.load_table(table).teachers}  # every row once
         assert students[table] == 1
 
 
@@ -169,14 +176,15 @@ def test_table_d_agents_train_each_student_method_from_each_teacher():
     _, commands = sweep_expand.expand(config)
     pairs = sorted((a.split("=", 1)[1], b.split("=", 1)[1]) for argv in commands
                    for a in argv if a.startswith("--teacher=") for b in argv if b.startswith("--student="))
-    assert pairs == sorted((t, m) for t in ("plain_ce", "paper") for m in ("kd", "dkd", "dist", "crd", "kd_rkd"))
+    # Every method card, from each teacher (the list of methods is the package's: distillation/registry.py).
+    assert pairs == sorted((t, card.name) for t in ("plain_ce", "paper") for card in method_cards())
     argv = next(c for c in commands if "--teacher=paper" in c and "--student=dkd" in c)
     _, (teacher, student) = print_config(argv, "both")
     assert teacher["model"]["init_args"]["contrastive_weight"] == 0.05  # the paper's teacher
     init = student["model"]["init_args"]
     assert init["distillation"]["class_path"] == "kd_lightning.distillation.DKDLoss"
     assert init["distillation_warmup_epochs"] == 2 and init["ce_weight"] == 1.0  # the proxy's scaled ramp
-    assert student["trainer"]["default_root_dir"].endswith("synthetic/paper/seed0/student-dkd")
+    assert re.search(r"synthetic/paper-\w+/seed0/dkd-\w+$", student["trainer"]["default_root_dir"])
     assert init["teacher_checkpoint"] == str(Path(teacher["trainer"]["default_root_dir"]) / "checkpoints" / "last.ckpt")
 
 
@@ -195,15 +203,16 @@ def test_full_scale_sweep_files_fix_their_arguments_before_the_agents(tmp_path):
     assert teacher["model"]["init_args"]["contrastive_weight"] == 0.5 and teacher["seed_everything"] == 2
     assert teacher["data"]["class_path"] == "kd_lightning.data.CIFAR100DataModule"
     assert teacher["trainer"]["max_epochs"] == 240
-    assert teacher["trainer"]["default_root_dir"].endswith("runs/ablations/cifar100/contrastive_weight=0.5/seed2/teacher")
+    assert re.search(r"runs/ablations/cifar100/contrastive_weight=0.5-\w+/seed2/teacher$",
+                     teacher["trainer"]["default_root_dir"])
 
 
 def test_values_map_back_to_rows():
-    lam = rows.load_rows("lambda")
+    lam = spec.load_table("lambda")
     # W&B's backend may hand 0.0 back as 0: still the λ = 0 row.
     assert sweep.row_for_args(lam, {"model.contrastive_weight": "0"}).name == "lambda_0"
     assert sweep.row_for_args(lam, {"model.contrastive_weight": "0.2"}) is None
-    margin = rows.load_rows("margin")
+    margin = spec.load_table("margin")
     assert sweep.row_for_args(margin, {"model.init_args": "{gate_delta: null}"}).name == "no_gate"
     assert sweep.row_for_args(margin, {"model.init_args": "{contrastive_weight: 0}"}).name == "plain_ce"
     with pytest.raises(ValueError, match="--dotted.key=value"):
@@ -220,16 +229,19 @@ def fake_complete(run_dir: Path, acc: float) -> None:
 def test_agent_program_reports_the_student_accuracy(tmp_path):
     # A row that make (or another agent) already finished: the agent run trains nothing and reports its numbers.
     runs_dir = tmp_path / "runs"
-    key = runs_dir / "synthetic" / "paper" / "seed0"  # λ = 0.05 is the paper's teacher (shared with Tables A and B)
-    fake_complete(key / "teacher", 0.9)
-    fake_complete(key / "student", 0.75)
+    store = RunStore(runs_dir)
+    proxy = recipe.Recipe(data="synthetic")
+    # λ = 0.05 is the paper's teacher (shared with Tables A and B)
+    student = next(j for t, _, j in runs.table_jobs(proxy, spec.load_table("lambda"), 0) if t.name == "lambda_0.05")
+    fake_complete(store.dir(student.teacher), 0.9)
+    fake_complete(store.dir(student), 0.75)
     command = sweep_expand.expand(load("lambda"))[1][2]  # λ = 0.05
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")},
            "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
     proc = subprocess.run([sys.executable, *command[2:], f"--runs={runs_dir}"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "synthetic/paper/seed0/teacher: complete, not re-run" in proc.stdout
+    assert re.search(r"synthetic/paper-\w+/seed0/teacher: complete, not re-run", proc.stdout)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["student/test_acc"] == 0.75 and summary["student/test_acc_best"] == 0.76
     assert summary["teacher/test_acc"] == 0.9

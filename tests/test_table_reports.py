@@ -7,8 +7,9 @@ noncentral-t distributions).
 The fixture files are the committed proxy's own results.json (results/proxy-runs, the format the real runs write)
 with every metric of their last/best sections, their per-epoch open gates and their wall time replaced by the
 fixture's values. The four tables are built by one call of `python -m kd_lightning.ablations build margin contrastive
-lambda students` (what `make table-build` runs), from the seeds it finds. Which run folder each row reads is written
-out below (docs/ablations.md, kd_lightning/ablations/runs.py), not taken from the implementation.
+lambda students` (what `make table-build` runs), from the seeds it finds. Which teacher run and student method each
+row reads is written out below (docs/ablations.md); where that run lives is the run store's (grid/store.py). Table D's
+student rows are the method cards (distillation/registry.py), KD first.
 """
 from __future__ import annotations
 
@@ -22,34 +23,36 @@ import pytest
 from scipy import stats as scipy_stats
 
 from kd_lightning.ablations.__main__ import main as ablations_main
+from kd_lightning.ablations.grid import recipe, runs as grid_runs, spec
+from kd_lightning.ablations.grid.store import RunStore
+from kd_lightning.distillation.registry import method_cards
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = ROOT / "results" / "proxy-runs" / "synthetic" / "paper" / "seed0"
+(TEMPLATES,) = (ROOT / "results" / "proxy-runs" / "synthetic").glob("paper-*/seed0")
+CARDS = method_cards()
 SEEDS = [0, 1, 2]
 TABLES = ("margin", "contrastive", "lambda", "students")
 
-# Each row: (label, teacher run folder, student stage folder); the baseline of a row is the plain_ce run, same stage.
+# Each row: (label, teacher run, student method); the baseline of a row is the plain_ce run, same method.
 ROWS = {
-    "margin": [("δ = 0.1", "gate_delta=0.1", "student"), ("δ = 0.5 (paper default)", "paper", "student"),
-               ("δ = 1.0", "gate_delta=1.0", "student"), ("no gate (g = 1)", "gate_delta=null", "student"),
-               ("plain CE teacher (λ = 0)", "plain_ce", "student")],
-    "contrastive": [("intra-class (paper)", "paper", "student"),
-                    ("inter-class (SupCon)", "objective=InterClassContrastive", "student"),
-                    ("self-supervised (SimCLR)", "objective=SelfSupervisedContrastive", "student"),
-                    ("plain CE teacher (none)", "plain_ce", "student")],
-    "lambda": [("λ = 0 (plain CE)", "plain_ce", "student"), ("λ = 0.01", "contrastive_weight=0.01", "student"),
-               ("λ = 0.05 (paper default)", "paper", "student"), ("λ = 0.1", "contrastive_weight=0.1", "student"),
-               ("λ = 0.5", "contrastive_weight=0.5", "student")],
-    "students": [(f"{method} ← {teacher}", run, stage)
-                 for method, stage in (("KD", "student"), ("DKD", "student-dkd"), ("DIST", "student-dist"),
-                                       ("CRD", "student-crd"), ("KD+RKD", "student-kd_rkd"))
+    "margin": [("δ = 0.1", "gate_delta=0.1", "kd"), ("δ = 0.5 (paper default)", "paper", "kd"),
+               ("δ = 1.0", "gate_delta=1.0", "kd"), ("no gate (g = 1)", "gate_delta=null", "kd"),
+               ("plain CE teacher (λ = 0)", "plain_ce", "kd")],
+    "contrastive": [("intra-class (paper)", "paper", "kd"),
+                    ("inter-class (SupCon)", "objective=InterClassContrastive", "kd"),
+                    ("self-supervised (SimCLR)", "objective=SelfSupervisedContrastive", "kd"),
+                    ("plain CE teacher (none)", "plain_ce", "kd")],
+    "lambda": [("λ = 0 (plain CE)", "plain_ce", "kd"), ("λ = 0.01", "contrastive_weight=0.01", "kd"),
+               ("λ = 0.05 (paper default)", "paper", "kd"), ("λ = 0.1", "contrastive_weight=0.1", "kd"),
+               ("λ = 0.5", "contrastive_weight=0.5", "kd")],
+    "students": [(f"{card.label} ← {teacher}", run, card.name) for card in CARDS
                  for teacher, run in (("plain CE teacher", "plain_ce"), ("paper's teacher", "paper"))],
 }
 BASELINE = "plain_ce"
 RUNS = ["plain_ce", "paper", "gate_delta=0.1", "gate_delta=1.0", "gate_delta=null", "objective=InterClassContrastive",
         "objective=SelfSupervisedContrastive", "contrastive_weight=0.01", "contrastive_weight=0.1",
         "contrastive_weight=0.5"]
-STAGES = ["teacher", "student", "student-dkd", "student-dist", "student-crd", "student-kd_rkd"]
+STAGES = ["teacher", *(card.name for card in CARDS)]
 KEYS = ["test/acc", "test/acc_multi_view", "test/acc_single_view", "test/acc_top5", "test/d_inter", "test/d_intra",
         "test/loss", "test/ratio", "test/soft_entropy", "test/soft_intra_var", "test/soft_nontarget_mass",
         "train/gate_open", "train/loss", "train/loss_ce", "train/loss_contrastive", "train/loss_kd", "train/loss_rkd",
@@ -75,7 +78,8 @@ def wall(run: str, stage: str, seed: int) -> float:
 
 
 def fixture_file(run: str, stage: str, seed: int) -> dict:
-    data = copy.deepcopy(json.loads((TEMPLATES / stage / "results.json").read_text()))
+    template = TEMPLATES / "teacher" if stage == "teacher" else next(TEMPLATES.glob("kd-*"))
+    data = copy.deepcopy(json.loads((template / "results.json").read_text()))
     assert data["status"] == "complete"
     for section in ("last", "best"):
         for key in data[section]:
@@ -144,12 +148,16 @@ def series(run: str, stage: str, section: str, key: str) -> list[float]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     runs, out = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("results")
-    for run in RUNS:
-        stages = STAGES if run in ("plain_ce", "paper") else ["teacher", "student"]
-        for stage in stages:
-            for seed in SEEDS:
-                path = runs / "synthetic" / run / f"seed{seed}" / stage / "results.json"
-                path.parent.mkdir(parents=True)
+    store, proxy = RunStore(runs), recipe.Recipe(data="synthetic")
+    for seed in SEEDS:
+        # Every (teacher run, student method) the four tables ask for, by the names this test writes out above.
+        jobs = {(job.teacher.name, job.name): job for job in grid_runs.grid_jobs(proxy, spec.tables_of(list(TABLES)), seed)
+                if job.teacher is not None}
+        assert {run for run, _ in jobs} == set(RUNS)
+        for (run, method), job in jobs.items():
+            for stage, target in (("teacher", job.teacher), (method, job)):
+                path = store.dir(target) / "results.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(fixture_file(run, stage, seed)))
     code = ablations_main(["build", *TABLES, "--data", "synthetic", "--margin_space", "prob", "--runs", str(runs),
                            "--out", str(out)])

@@ -13,59 +13,81 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from kd_lightning.ablations import recipe, rows, runner, runs, stats, sweep, table
 from kd_lightning.ablations.__main__ import main as ablations_main
-from kd_lightning.ablations.__main__ import table_jobs
+from kd_lightning.ablations.grid import identity, local as runner, recipe, runs, spec
+from kd_lightning.ablations.grid.store import RESULTS_FILE, RunState, RunStore, read_json
+from kd_lightning.ablations.report import stats
+from kd_lightning.ablations.report.tables import build
+from kd_lightning.ablations.sweeps import agent as sweep
+from kd_lightning.exceptions import StaleRunError
 from kd_lightning.utils import run_lock as run_lock_module
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+PROXY = recipe.Recipe(data="synthetic")
+
+
+def cells(table_name: str, seed: int = 0, r: recipe.Recipe = PROXY, space: str = "prob") -> dict:
+    """{(student row, teacher row): student job} of a table's cells (the job's .teacher is its teacher's job)."""
+    table = spec.load_table(table_name, space)
+    return {(srow.name, trow.name): job for trow, srow, job in runs.table_jobs(r, table, seed)}
+
+
+def grid(names: list[str], r: recipe.Recipe = PROXY, seed: int = 0) -> list[runs.Job]:
+    return runs.grid_jobs(r, spec.tables_of(names), seed)
+
+
+def teacher_rows(table_name: str) -> list[spec.Row]:
+    return list(spec.load_table(table_name).teachers)
 
 
 # --- rows ---------------------------------------------------------------------------------------------------------
 def test_rows_are_the_tables_of_the_issue():
-    margin = rows.load_rows("margin")
+    margin = teacher_rows("margin")
     assert [r.name for r in margin] == ["delta_0.1", "delta_0.5", "delta_1.0", "no_gate", "plain_ce"]
-    assert [r.model_overrides() for r in margin] == [
+    assert [sweep.model_overrides(r) for r in margin] == [
         {"gate_delta": 0.1}, {"gate_delta": 0.5}, {"gate_delta": 1.0}, {"gate_delta": None},
         {"contrastive_weight": 0.0},
     ]
-    contrastive = [r.model_overrides()["objective"].rsplit(".", 1)[1] for r in rows.load_rows("contrastive")]
+    contrastive = [sweep.model_overrides(r)["objective"].rsplit(".", 1)[1] for r in teacher_rows("contrastive")]
     assert contrastive == ["IntraClassContrastive", "InterClassContrastive", "SelfSupervisedContrastive",
                            "NoContrastive"]
-    lam = [r.model_overrides()["contrastive_weight"] for r in rows.load_rows("lambda")]
+    lam = [sweep.model_overrides(r)["contrastive_weight"] for r in teacher_rows("lambda")]
     assert lam == [0.0, 0.01, 0.05, 0.1, 0.5]
-    assert rows.load_rows("margin")[0].label == "δ = 0.1"
+    assert margin[0].label == "δ = 0.1"
+    assert spec.table_names() == ["margin", "contrastive", "lambda", "students"]  # by title: Table A, B, C, D
+    assert [spec.load_table(n, "logit").id for n in spec.table_names()] == [
+        "margin-logit", "contrastive", "lambda", "students"]  # only Table A declares a margin space
 
 
 def test_row_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown table 'nope'"):
-        rows.load_rows("nope")
-    with pytest.raises(FileNotFoundError, match="no rows for table 'margin'.*table.yaml is missing"):
-        rows.load_rows("margin", tmp_path)
+        spec.load_table("nope")
     (tmp_path / "margin").mkdir()
     (tmp_path / "margin" / "bad.yaml").write_text("trainer:\n  max_epochs: 3\n")
     manifest = tmp_path / "margin" / "table.yaml"
-    manifest.write_text("rows: []\n")
-    with pytest.raises(ValueError, match=r"table.yaml: row file\(s\) bad.yaml are not listed"):
-        rows.load_rows("margin", tmp_path)
-    manifest.write_text("rows:\n  - name: bad\n    label: Bad\n")
+    manifest.write_text("title: T\nteachers: []\n")
+    with pytest.raises(ValueError, match=r"table.yaml: every row file must be listed once.*unlisted: bad"):
+        spec.load_table("margin", root=tmp_path)
+    manifest.write_text("title: T\nteachers:\n  - name: bad\n    label: Bad\n")
     with pytest.raises(ValueError, match="may only change model.init_args"):
-        rows.load_rows("margin", tmp_path)[0].model_overrides()
+        sweep.model_overrides(spec.load_table("margin", root=tmp_path).teachers[0])
     # The manifest is validated by a schema, not read as comments: a misspelt field is an error naming the file.
-    manifest.write_text("rows:\n  - name: bad\n    lable: Bad\n")
+    manifest.write_text("title: T\nteachers:\n  - name: bad\n    lable: Bad\n")
     with pytest.raises(ValueError, match=r"table.yaml: .*lable"):
-        rows.load_rows("margin", tmp_path)
+        spec.load_table("margin", root=tmp_path)
+    manifest.write_text("title: T\nteachers:\n  - name: bad\n    label: Bad\nstudents: [kd, nope]\n")
+    with pytest.raises(ValueError, match="no distillation method named nope"):
+        spec.load_table("margin", root=tmp_path)
 
 
 def test_rows_of_the_three_tables_resolve_to_ten_distinct_teachers():
-    r = recipe.Recipe(data="synthetic")
-    names = {tid: [runs.row_teacher(r, row, space).name for row in rows.load_rows(table_name)]
-             for tid, table_name, space in (("margin", "margin", "prob"), ("contrastive", "contrastive", "prob"),
-                                            ("lambda", "lambda", "prob"), ("margin-logit", "margin", "logit"))}
+    names = {tid: [run.name for _, run in runs.table_teachers(PROXY, spec.table_of_id(tid))]
+             for tid in ("margin", "contrastive", "lambda", "margin-logit")}
     assert names["margin"] == ["gate_delta=0.1", "paper", "gate_delta=1.0", "gate_delta=null", "plain_ce"]
     assert names["contrastive"] == ["paper", "objective=InterClassContrastive", "objective=SelfSupervisedContrastive",
                                     "plain_ce"]
@@ -74,16 +96,34 @@ def test_rows_of_the_three_tables_resolve_to_ten_distinct_teachers():
     # Logit space is another teacher, except with no contrastive term: then the gate changes nothing.
     assert names["margin-logit"] == ["gate_delta=0.1+gate_space=logit", "gate_space=logit",
                                      "gate_delta=1.0+gate_space=logit", "gate_delta=null+gate_space=logit", "plain_ce"]
-    jobs = table_jobs(["margin", "contrastive", "lambda"], r, 0, rows.ABLATIONS)
+    jobs = grid(["margin", "contrastive", "lambda"])
     assert sum(j.stage == "teacher" for j in jobs) == 10 and len(jobs) == 20  # not 14 teachers
-    a = {j.key for j in table_jobs(["margin"], r, 0, rows.ABLATIONS)}
-    b = {j.key for j in table_jobs(["contrastive"], r, 0, rows.ABLATIONS)}
-    assert sorted(b - a) == [f"synthetic/objective={o}/seed0/{s}" for o in ("InterClassContrastive",
-                             "SelfSupervisedContrastive") for s in ("student", "teacher")]
+    a, b = {j.key for j in grid(["margin"])}, {j.key for j in grid(["contrastive"])}
+    assert sorted(k.split("/")[1].split("-")[0] + "/" + k.split("/")[3].split("-")[0] for k in b - a) == [
+        f"objective={o}/{s}" for o in ("InterClassContrastive", "SelfSupervisedContrastive") for s in ("kd", "teacher")]
+
+
+def test_a_run_folder_is_named_by_its_whole_identity(tmp_path):
+    """Two recipes never share a folder: another EPOCHS, PAIR or ARGS is another hash; a readable name in front."""
+    store = RunStore(tmp_path)
+    base = cells("margin")[("kd", "plain_ce")]
+    assert re.fullmatch(r"synthetic/plain_ce-[0-9a-f]{10}/seed0/kd-[0-9a-f]{10}", base.key)
+    others = [cells("margin", r=recipe.Recipe(epochs=3))[("kd", "plain_ce")],
+              cells("margin", r=recipe.Recipe(pair=("resnet32", "resnet8")))[("kd", "plain_ce")],
+              cells("margin", r=recipe.Recipe(extra=["--model.weight_decay=1e-3"]))[("kd", "plain_ce")]]
+    assert len({store.dir(j) for j in [base, *others]}) == 4
+    assert len({store.dir(j.teacher) for j in [base, *others]}) == 4
+    # The seed is a folder of its own; the hash is the same for every seed.
+    assert cells("margin", seed=3)[("kd", "plain_ce")].key == base.key.replace("seed0", "seed3")
+    # A run is found by its hash: filed under another name (a renamed row or method), it is still found.
+    renamed = tmp_path / "synthetic" / f"old_name-{base.teacher.digest}" / "seed0" / f"old_kd-{base.digest}"
+    renamed.mkdir(parents=True)
+    (renamed / RESULTS_FILE).write_text(json.dumps({"status": "complete", "last": {"test/acc": 0.5}}))
+    assert store.dir(base) == renamed and store.state(base) == RunState.COMPLETE
 
 
 def test_a_shared_run_is_trained_with_one_canonical_config():
-    r = recipe.Recipe(data="synthetic")
+    r = PROXY
     # Three spellings of the plain CE teacher: λ = 0 with the paper's objective, NoContrastive at λ = 0.05, and λ = 0
     # with a logit-space gate: one run, trained as NoContrastive with λ = 0.
     spellings = [["--model.contrastive_weight=0"], ["--model.objective=kd_lightning.objectives.NoContrastive"],
@@ -91,13 +131,11 @@ def test_a_shared_run_is_trained_with_one_canonical_config():
     teachers = {runs.teacher_run(r, args) for args in spellings}
     assert len(teachers) == 1
     (plain,) = teachers
-    config = recipe.identity(r.command("teacher", Path("/x"), 0, plain.args())[4:], "test")["model"]["init_args"]
+    config = identity.identity(r.command("teacher", Path("/x"), 0, plain.args())[4:], "test")["model"]["init_args"]
     assert config["contrastive_weight"] == 0.0
     assert config["objective"]["class_path"] == "kd_lightning.objectives.NoContrastive"
     assert config["gate_space"] == "prob"
     assert runs.teacher_run(r, []).args() == []  # the recipe's own teacher: the paper's
-    with pytest.raises(ValueError, match="two different trainings resolve to one run folder"):
-        runs.unique([runs.Job("synthetic", "x", 0, "teacher", ("--a",)), runs.Job("synthetic", "x", 0, "teacher")])
 
 
 def test_run_state(tmp_path):
@@ -111,51 +149,51 @@ def test_run_state(tmp_path):
     untested = write("untested", {"status": "complete", "last": {}})  # stopped without its test: not a result
     running = write("running", {"status": "running"})
     broken = write("broken", '{"status": "compl')  # cut off: treated as missing, never as complete
-    assert [rows.run_state(rows.read_results(p)) for p in (done, untested, running, broken)] == [
-        "complete", "failed", "running", "missing"]
-    assert rows.run_state(rows.read_results(tmp_path / "missing" / "results.json")) == "missing"
+    assert [RunState.of(read_json(p)) for p in (done, untested, running, broken)] == [
+        RunState.COMPLETE, RunState.FAILED, RunState.RUNNING, RunState.MISSING]
+    assert RunState.of(read_json(tmp_path / "missing" / "results.json")) == "missing"
 
 
 # --- recipe: the row file and the sweep's dotted keys ask for the same run ----------------------------------------
-@pytest.mark.parametrize("table", [t for t in rows.TABLES if t not in rows.STUDENT_TABLES])
-def test_row_file_and_sweep_arguments_compose_the_same_config(table):
-    table_rows = rows.load_rows(table)
-    name, values = sweep.sweep_parameter(table_rows)
-    r = recipe.Recipe(data="synthetic")
-    for row, value in zip(table_rows, values):
-        by_file = r.command("teacher", Path("/x"), 0, ["--config", str(row.path)])
+@pytest.mark.parametrize("table_name", ["margin", "contrastive", "lambda"])
+def test_row_file_and_sweep_arguments_compose_the_same_config(table_name):
+    table = spec.load_table(table_name)
+    ((name, values),) = sweep.sweep_parameters(table).items()
+    r = PROXY
+    for row, value in zip(table.teachers, values):
+        by_file = r.command("teacher", Path("/x"), 0, row.config_args(True))
         by_sweep = r.command("teacher", Path("/x"), 0, [f"--{name}={value}"])
-        a = recipe.identity(by_file[by_file.index("fit") + 1:], "test")
-        b = recipe.identity(by_sweep[by_sweep.index("fit") + 1:], "test")
-        assert a == b, recipe.differences(a, b)
-        assert sweep.row_for_args(table_rows, {name: str(value)}) == row
+        a = identity.identity(by_file[by_file.index("fit") + 1:], "test")
+        b = identity.identity(by_sweep[by_sweep.index("fit") + 1:], "test")
+        assert a == b, identity.differences(a, b)
+        assert sweep.row_for_args(table, {name: str(value)}) == row
 
 
 def test_effective_config_sees_what_changes_a_run():
     r = recipe.Recipe(data="synthetic")
-    base = recipe.identity(r.command("teacher", Path("/a"), 0, [])[4:], "test")
+    base = identity.identity(r.command("teacher", Path("/a"), 0, [])[4:], "test")
     # Where a run lives and whether it resumes do not change it ...
     same = r.command("teacher", Path("/b"), 0, [], resume=True)
-    assert recipe.identity(same[4:], "test") == base
+    assert identity.identity(same[4:], "test") == base
     # ... nor more GPUs with SyncBatchNorm (the default) ...
     gpu = recipe.Recipe(data="synthetic", extra=["--trainer.accelerator=gpu"])
-    gpu1 = recipe.identity(gpu.command("teacher", Path("/a"), 0, [])[4:], "test")
+    gpu1 = identity.identity(gpu.command("teacher", Path("/a"), 0, [])[4:], "test")
     gpu8 = recipe.Recipe(data="synthetic", devices="8", extra=["--trainer.accelerator=gpu"])
-    assert recipe.identity(gpu8.command("teacher", Path("/b"), 0, [])[4:], "test") == gpu1
+    assert identity.identity(gpu8.command("teacher", Path("/b"), 0, [])[4:], "test") == gpu1
     # ... but 8 processes that each normalize over their own 1/8 of the batch do: without SyncBatchNorm, and on the
     # CPU (torch has no SyncBatchNorm there).
     unsynced = gpu8.command("teacher", Path("/b"), 0, ["--trainer.sync_batchnorm=false"])
-    assert recipe.differences(recipe.identity(unsynced[4:], "test"), gpu1) == [
+    assert identity.differences(identity.identity(unsynced[4:], "test"), gpu1) == [
         "trainer.batchnorm_world_size: None -> 8"]
     cpu8 = recipe.Recipe(data="synthetic", devices="8").command("teacher", Path("/b"), 0, [])
-    assert recipe.differences(recipe.identity(cpu8[4:], "test"), base) == ["trainer.batchnorm_world_size: None -> 8"]
+    assert identity.differences(identity.identity(cpu8[4:], "test"), base) == ["trainer.batchnorm_world_size: None -> 8"]
     # The proxy is the demo's recipe (issue 10): 20 classes x 4 features, 3,000 train images, resnet20, 20 epochs.
     assert base["trainer"]["max_epochs"] == 20 and base["model"]["init_args"]["backbone"] == "resnet20"
     assert base["data"]["init_args"]["train_size"] == 3000 and base["data"]["init_args"]["num_classes"] == 20
     # ... epochs, backbones and seeds do.
     other = recipe.Recipe(data="synthetic", epochs=9, pair=("resnet32", "resnet8"))
     other = other.command("teacher", Path("/a"), 1, [])
-    diff = recipe.differences(recipe.identity(other[4:], "test"), base)
+    diff = identity.differences(identity.identity(other[4:], "test"), base)
     assert sorted(d.split(":")[0] for d in diff) == ["model.init_args.backbone", "seed_everything",
                                                       "trainer.max_epochs"]
 
@@ -171,8 +209,8 @@ def test_recipe_commands_for_full_scale():
     student = r.command("student", Path("runs/s"), 1, [], teacher_checkpoint=Path("runs/t/checkpoints/last.ckpt"))
     assert "--config" in student and "configs/student/resnet8x4.yaml" in student
     assert "--model.teacher_checkpoint=runs/t/checkpoints/last.ckpt" in student
-    with pytest.raises(FileNotFoundError, match="PAIR takes teachers from"):
-        recipe.Recipe(data="cifar100", pair=("nonet", "resnet8x4")).configs("teacher")
+    with pytest.raises(ValueError, match="PAIR names backbone 'resnet9000', which does not exist"):
+        recipe.Recipe(data="cifar100", pair=("resnet32x4", "resnet9000"))  # before any run: one error
     with pytest.raises(ValueError, match="TEACHER->STUDENT"):
         recipe.parse_pair("resnet32x4")
     with pytest.raises(ValueError, match="DATA must be one of"):
@@ -208,33 +246,39 @@ def fake_results(stage: str, acc: float, gates: list[float], status: str = "comp
     return out
 
 
-def write_run(runs_dir: Path, key: str, stage: str, data: dict) -> None:
-    path = runs_dir / key / stage / "results.json"
+def write_run(out: Path, job: runs.Job, data: dict) -> None:
+    """A results.json for `job`, in the folder the run store gives it."""
+    path = RunStore(out).dir(job) / RESULTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
 
 
+def write_cell(out: Path, job: runs.Job, teacher: dict, student: Optional[dict]) -> None:
+    write_run(out, job.teacher, teacher)
+    if student is not None:
+        write_run(out, job, student)
+
+
 @pytest.fixture
 def hand_made_runs(tmp_path) -> Path:
-    """Table A's runs, in the folders its rows resolve to (runs.py): synthetic/<teacher run>/seed<k>/<stage>."""
+    """Table A's runs, in the folders the run store gives its cells."""
     out = tmp_path / "runs"
-    for name, values in (("gate_delta=0.1", DELTA_01), ("plain_ce", PLAIN_CE)):
+    for row, values in (("delta_0.1", DELTA_01), ("plain_ce", PLAIN_CE)):
         for seed, (t_acc, s_acc, ratio) in values.items():
-            write_run(out, f"synthetic/{name}/seed{seed}", "teacher",
-                      fake_results("teacher", t_acc, GATES[seed], ratio=ratio))
-            write_run(out, f"synthetic/{name}/seed{seed}", "student", fake_results("student", s_acc, GATES[seed]))
+            write_cell(out, cells("margin", seed)[("kd", row)],
+                       fake_results("teacher", t_acc, GATES[seed], ratio=ratio),
+                       fake_results("student", s_acc, GATES[seed]))
     # δ = 0.5 ("paper"): seed 0 complete, seeds 1 and 2 failed teachers (their students never started: failed too)
-    write_run(out, "synthetic/paper/seed0", "teacher", fake_results("teacher", 0.9, [0.3, 0.4]))
-    write_run(out, "synthetic/paper/seed0", "student", fake_results("student", 0.6, [0.3, 0.4]))
+    write_cell(out, cells("margin", 0)[("kd", "delta_0.5")], fake_results("teacher", 0.9, [0.3, 0.4]),
+               fake_results("student", 0.6, [0.3, 0.4]))
     for seed in (1, 2):
-        write_run(out, f"synthetic/paper/seed{seed}", "teacher", fake_results("teacher", 0, [0.1], status="failed"))
-        write_run(out, f"synthetic/paper/seed{seed}", "student",
-                  {"status": "failed", "error": "its teacher is failed, not complete"})
+        write_cell(out, cells("margin", seed)[("kd", "delta_0.5")], fake_results("teacher", 0, [0.1], status="failed"),
+                   {"status": "failed", "error": "its teacher is failed, not complete"})
     # δ = 1.0: every teacher failed, students never written (missing). No gate: teachers still running.
     for seed in PLAIN_CE:
-        write_run(out, f"synthetic/gate_delta=1.0/seed{seed}", "teacher",
-                  fake_results("teacher", 0, [0.1], status="failed"))
-        write_run(out, f"synthetic/gate_delta=null/seed{seed}", "teacher", {"status": "running", "history": []})
+        write_cell(out, cells("margin", seed)[("kd", "delta_1.0")], fake_results("teacher", 0, [0.1], status="failed"),
+                   None)
+        write_cell(out, cells("margin", seed)[("kd", "no_gate")], {"status": "running", "history": []}, None)
     return out
 
 
@@ -304,7 +348,7 @@ def test_builder_on_hand_made_results(hand_made_runs, tmp_path):
     assert md_row(md, "δ = 0.1", 2)[1:3] == ["0.01000 ± 0.00000", "0.3000 ± 0.0000"]
     assert md_row(md, "δ = 0.1", 2)[4] == f"{statistics.fmean([60, 63, 66]):.2f} ± {statistics.stdev([60, 63, 66]):.2f}"
     assert md_row(md, "δ = 0.1", 4)[1:3] == ["10.0", "60.0"]
-    assert "NonFiniteLossError" in md and "synthetic/gate_delta=1.0/seed0/teacher: failed" in md
+    assert "NonFiniteLossError" in md and re.search(r"synthetic/gate_delta=1\.0-\w+/seed0/teacher: failed", md)
     for needed in ("synthetic", "resnet8 -> resnet8", "teacher 2", "0 1 2", "| hardware | CPU: Test CPU (2 threads) |",
                    "*last*", "*best*", "probability space", "| time | 2.3 min of training"):
         assert needed in md, needed
@@ -329,8 +373,8 @@ def test_builder_on_hand_made_results(hand_made_runs, tmp_path):
 
 
 def test_builder_says_which_runs_other_tables_share(hand_made_runs, tmp_path):
-    paths, _ = table.build("margin", recipe.Recipe(data="synthetic"), [0], hand_made_runs, tmp_path / "r")
-    md = paths[0].read_text()
+    build(spec.load_table("margin"), PROXY, [0], RunStore(hand_made_runs), tmp_path / "r")
+    md = (tmp_path / "r" / "margin.md").read_text()
     assert ("- δ = 0.5 (paper default): run `paper`, also Table B: intra-class (paper); "
             "Table C: λ = 0.05 (paper default)\n") in md
     assert ("- plain CE teacher (λ = 0): run `plain_ce`, also Table B: plain CE teacher (none); Table C: λ = 0 "
@@ -338,41 +382,42 @@ def test_builder_says_which_runs_other_tables_share(hand_made_runs, tmp_path):
 
 
 def test_builder_flags_runs_that_do_not_match_the_request(hand_made_runs, tmp_path):
+    # The runs were written for the proxy's recipe; a table asked for 5 epochs reads other folders: all missing.
     asked = recipe.Recipe(data="synthetic", epochs=5, pair=("resnet20", "resnet8"))
-    paths, problems = table.build("margin", asked, [0], hand_made_runs, tmp_path / "r")
-    md = paths[0].read_text()
+    assert build(spec.load_table("margin"), asked, [0], RunStore(hand_made_runs), tmp_path / "r") == 1
+    assert md_row((tmp_path / "r" / "margin.md").read_text(), "δ = 0.1")[1] == "missing"
+    # Runs whose results disagree with the request (a results.json moved by hand) are flagged in the table.
+    job = cells("margin", 0, asked)[("kd", "delta_0.1")]
+    write_cell(tmp_path / "moved", job, fake_results("teacher", 0.8, [0.1]), fake_results("student", 0.7, [0.1]))
+    build(spec.load_table("margin"), asked, [0], RunStore(tmp_path / "moved"), tmp_path / "r")
+    md = (tmp_path / "r" / "margin.md").read_text()
     assert "EPOCHS=5 was asked for" in md and "PAIR=resnet20->resnet8 was asked for" in md
-    assert any("EPOCHS=5" in p for p in problems)
 
 
 # --- the runner: the rules that do not need a training run -------------------------------------------------------------
 def test_student_of_a_failed_teacher_is_recorded_as_failed(tmp_path):
-    out = tmp_path / "runs"
-    write_run(out, "synthetic/paper/seed0", "teacher", fake_results("teacher", 0, [0.1], "failed"))
-    job = runs.Job("synthetic", "paper", 0, "student")
-    assert runner.run_job(job, recipe.Recipe(data="synthetic"), out) == "failed"
-    student = json.loads((out / "synthetic/paper/seed0/student/results.json").read_text())
+    out, job = tmp_path / "runs", cells("margin")[("kd", "delta_0.5")]
+    write_run(out, job.teacher, fake_results("teacher", 0, [0.1], "failed"))
+    assert runner.run_job(job, PROXY, RunStore(out)) == "failed"
+    student = json.loads((RunStore(out).dir(job) / RESULTS_FILE).read_text())
     assert student["status"] == "failed" and "teacher" in student["error"] and "failed" in student["error"]
 
 
 def test_a_finished_run_with_other_settings_is_an_error_not_a_result(tmp_path, capsys):
-    out = tmp_path / "runs"
-    write_run(out, "synthetic/paper/seed0", "teacher", fake_results("teacher", 0.9, [0.1]))
-    job = runs.Job("synthetic", "paper", 0, "teacher")
-    command = recipe.Recipe(data="synthetic", epochs=3).command("teacher", job.dir(out), 0, [])
-    (job.dir(out) / "recipe.json").write_text(json.dumps(
-        {"command": command, "identity": recipe.identity(command[command.index("fit") + 1:], "test"),
-         "identity_version": runner.IDENTITY_VERSION}))
-    with pytest.raises(runner.StaleRunError, match=r"trained with other settings.*trainer.max_epochs: 3 -> 20"):
-        runner.run_job(job, recipe.Recipe(data="synthetic"), out)  # asks for the proxy's 20 epochs
-    assert runner.run_job(job, recipe.Recipe(data="synthetic", epochs=3), out) == "complete"
-    assert "complete, not re-run" in capsys.readouterr().out
+    out, job = tmp_path / "runs", cells("margin")[("kd", "delta_0.5")].teacher
+    store = RunStore(out)
+    write_run(out, job, fake_results("teacher", 0.9, [0.1]))
+    other = recipe.Recipe(data="synthetic", epochs=3)
+    command = other.command("teacher", store.dir(job), 0, [])
+    store.write_recipe(job, command, identity.identity(command[command.index("fit") + 1:], "test"))
+    with pytest.raises(StaleRunError, match=r"trained with other settings.*trainer.max_epochs: 3 -> 20"):
+        runner.run_job(job, PROXY, store)  # asks for the proxy's 20 epochs
+    assert "complete, not re-run" not in capsys.readouterr().out
 
 
 def test_one_process_trains_a_run_at_a_time(tmp_path, capsys):
-    out = tmp_path / "runs"
-    job = runs.Job("synthetic", "paper", 0, "teacher")
-    run_dir = job.dir(out)
+    store, job = RunStore(tmp_path / "runs"), cells("margin")[("kd", "delta_0.5")].teacher
+    run_dir = store.dir(job)
     run_dir.mkdir(parents=True)
     # Another process holds the run's OS lock: run_job(wait=False) says who and answers BUSY, without training.
     holder = subprocess.Popen([PY, "-c", "import sys, time\nfrom kd_lightning.utils import run_lock\n"
@@ -381,7 +426,7 @@ def test_one_process_trains_a_run_at_a_time(tmp_path, capsys):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert runner.run_job(job, recipe.Recipe(data="synthetic"), out, wait=False) == runner.BUSY
+        assert runner.run_job(job, PROXY, store, wait=False) == runner.BUSY
         host = run_lock_module.socket.gethostname()
         assert f"being trained by process {holder.pid} on {host}" in capsys.readouterr().out
         assert not (run_dir / "results.json").exists()
@@ -395,22 +440,73 @@ def test_one_process_trains_a_run_at_a_time(tmp_path, capsys):
     assert not (run_dir / run_lock_module.OWNER_FILE).exists()
 
 
+def test_each_concurrent_run_gets_its_own_gpus_on_a_simulated_two_gpu_box(tmp_path):
+    """JOBS=2 on a box with GPUs 0 and 1: two teachers train at once, each child with its own CUDA_VISIBLE_DEVICES.
+    The child is a stand-in that records its environment and writes a finished results.json (no training)."""
+    import threading
+
+    seen: dict[str, dict] = {}
+    both_started = threading.Barrier(2, timeout=30)  # fails unless the two runs are in flight at the same time
+
+    def fake_fit(command, env, log, prefix, lock_fd):
+        run_dir = Path(next(a.split("=", 1)[1] for a in command if a.startswith("--trainer.default_root_dir=")))
+        seen[run_dir.parent.parent.name] = dict(env)
+        both_started.wait()
+        (run_dir / RESULTS_FILE).write_text(json.dumps(fake_results("teacher", 0.9, [0.1])))
+        return 0
+
+    teachers = [cells("margin")[("kd", row)].teacher for row in ("delta_0.1", "plain_ce")]
+    states = runner.run_jobs(teachers, PROXY, RunStore(tmp_path), parallel=2, gpus=["0", "1"], launcher=fake_fit)
+    assert set(states.values()) == {"complete"}
+    assert sorted(env["CUDA_VISIBLE_DEVICES"] for env in seen.values()) == ["0", "1"]
+    assert {env["OMP_NUM_THREADS"] for env in seen.values()} == {str(max(1, runner.usable_cpus() // 2))}
+    # Eight GPUs, four runs at once: two each; DEVICES=4 with JOBS=4 does not fit and is one error before any run.
+    assert runner.gpu_slots(4, None, [str(i) for i in range(8)]) == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]
+    assert runner.gpu_slots(2, None, []) == [None, None]  # no GPU: the runs share the CPU
+    with pytest.raises(ValueError, match=r"JOBS=4 runs at once with DEVICES=4 GPUs each need 16 GPUs"):
+        runner.gpu_slots(4, "4", [str(i) for i in range(8)])
+    with pytest.raises(ValueError, match="JOBS must be >= 1"):
+        runner.gpu_slots(0, None, [])
+
+
+def test_every_bad_grid_value_is_one_error_before_anything_trains(tmp_path, capsys):
+    for argv, message in (
+            (["--pair", "resnet32x4->resnet9000"], "PAIR names backbone 'resnet9000'"),
+            (["--jobs", "0"], "JOBS must be >= 1"),
+            (["--epochs", "x"], "EPOCHS must be a whole number"),
+            (["--data", "imagenet"], "DATA must be one of"),
+            (["--devices", "two"], "DEVICES must be a whole number"),
+            (["--args=--model.gate_detla=0.1"], "unknown key 'model.gate_detla'"),
+            (["--launcher", "slurm", "--slurm_time", "0"], "SLURM_TIME must be >= 1")):
+        code = ablations_main(["run", "margin", "--runs", str(tmp_path), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (argv, err)
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
 # --- real tiny tables through make: Table B after Table A, then interrupted (by hand-made states) and resumed -------
 TINY = ("--data.num_classes=4 --data.train_size=64 --data.val_size=32 --data.test_size=32 --data.batch_size=32 "
         "--data.eval_batch_size=32 --model.backbone=resnet8 --trainer.logger=false")
 
 
 def copy_rows(table_name: str, names: tuple[str, ...], ablations: Path) -> Path:
-    """A copy of some rows of a table (their files and their manifest entries) under `ablations`."""
+    """A copy of some teacher rows of a table (their files and their manifest entries) under `ablations`."""
     folder = ablations / table_name
     folder.mkdir(parents=True)
-    labels = {r.name: r.label for r in rows.load_rows(table_name)}
-    lines = ["rows:"]
+    table = spec.load_table(table_name)
+    labels = {r.name: r.label for r in table.teachers}
+    lines = [f"title: {json.dumps(table.title, ensure_ascii=False)}", f"margin_space: {str(table.margin_space).lower()}",
+             "students: [kd]", "teachers:"]
     for name in names:
-        shutil.copy(rows.rows_dir(table_name) / f"{name}.yaml", folder)
+        shutil.copy(spec.ABLATIONS / table_name / f"{name}.yaml", folder)
         lines += [f"  - name: {name}", f"    label: {json.dumps(labels[name], ensure_ascii=False)}"]
-    (folder / rows.MANIFEST).write_text("\n".join(lines) + "\n")
+    (folder / spec.MANIFEST).write_text("\n".join(lines) + "\n")
     return folder
+
+
+def plain(key: str) -> str:
+    """A run key without its hashes: synthetic/paper/seed0/kd."""
+    return re.sub(r"-[0-9a-f]{10}\b", "", key)
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -436,21 +532,21 @@ def tiny_tables(tmp_path_factory):
 
 
 def started(proc: subprocess.CompletedProcess) -> list[str]:
-    return sorted(re.findall(r"\[run\] (\S+): starting", proc.stdout))
+    return sorted(plain(k) for k in re.findall(r"\[run\] (\S+): starting", proc.stdout))
 
 
 def test_table_b_after_table_a_trains_no_run_twice(tiny_tables):
     base, _, first, second = tiny_tables
     for proc in (first, second):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert started(first) == [f"synthetic/{t}/seed0/{s}" for t in ("paper", "plain_ce") for s in ("student", "teacher")]
+    assert started(first) == [f"synthetic/{t}/seed0/{s}" for t in ("paper", "plain_ce") for s in ("kd", "teacher")]
     # Table B's intra-class row is Table A's δ = 0.5 and its plain CE row Table A's: only inter-class is new.
-    assert started(second) == ["synthetic/objective=InterClassContrastive/seed0/student",
+    assert started(second) == ["synthetic/objective=InterClassContrastive/seed0/kd",
                                "synthetic/objective=InterClassContrastive/seed0/teacher"]
     for shared in ("paper", "plain_ce"):
-        assert f"[run] synthetic/{shared}/seed0/teacher: complete, not re-run" in second.stdout
+        assert re.search(rf"\[run\] synthetic/{shared}-\w+/seed0/teacher: complete, not re-run", second.stdout)
     # Each run's epoch lines reach the console behind its key.
-    assert re.search(r"\[synthetic/paper/seed0/teacher\] epoch +1/1 ", first.stdout), first.stdout[-2000:]
+    assert re.search(r"\[synthetic/paper-\w+/seed0/teacher\] epoch +1/1 ", first.stdout), first.stdout[-2000:]
     for name, labels in (("margin", ("δ = 0.5 (paper default)", "plain CE teacher (λ = 0)")),
                          ("contrastive", ("intra-class (paper)", "inter-class (SupCon)", "plain CE teacher (none)"))):
         md = (base / "results" / f"{name}.md").read_text()
@@ -461,16 +557,17 @@ def test_table_b_after_table_a_trains_no_run_twice(tiny_tables):
             if "plain CE" not in label:
                 assert md_row(md, label, 1)[1].endswith("(1 seed: no interval)")
         assert "teacher 1, student 1" in md
-    teacher = json.loads((base / "runs/synthetic/paper/seed0/teacher/results.json").read_text())
+    (paper,) = (base / "runs" / "synthetic").glob("paper-*")
+    teacher = json.loads((paper / "seed0/teacher/results.json").read_text())
     assert teacher["config"]["model"]["init_args"]["contrastive_weight"] == 0.05
     for key in ("test/soft_intra_var", "test/soft_nontarget_mass", "test/soft_entropy", "test/acc_single_view",
                 "test/acc_multi_view"):
         assert teacher["last"][key] is not None and teacher["best"][key] is not None, key
-    student = json.loads((base / "runs/synthetic/paper/seed0/student/results.json").read_text())
+    (student_dir,) = (paper / "seed0").glob("kd-*")
+    student = json.loads((student_dir / "results.json").read_text())
     # results.json records paths relative to the run folder (callbacks/results.py), so the file moves with it.
-    student_dir = base / "runs/synthetic/paper/seed0/student"
     teacher_ckpt = student_dir / student["config"]["model"]["init_args"]["teacher_checkpoint"]
-    assert teacher_ckpt.resolve() == (base / "runs/synthetic/paper/seed0/teacher/checkpoints/last.ckpt").resolve()
+    assert teacher_ckpt.resolve() == (paper / "seed0/teacher/checkpoints/last.ckpt").resolve()
     assert student["last"]["test/soft_entropy"] is not None
 
 
@@ -478,46 +575,93 @@ def test_make_resumes_an_interrupted_table_without_rerunning_finished_runs(tiny_
     base, variables, first, second = tiny_tables
     assert first.returncode == 0 and second.returncode == 0
     runs_dir = base / "runs" / "synthetic"
+    (paper,), (plain_ce,) = runs_dir.glob("paper-*"), runs_dir.glob("plain_ce-*")
     # What an interrupted table leaves: a teacher killed mid-run ("running", with its last.ckpt) and a student that
     # never started.
-    teacher = runs_dir / "paper/seed0/teacher/results.json"
+    teacher = paper / "seed0/teacher/results.json"
     data = json.loads(teacher.read_text())
     data["status"] = "running"
     teacher.write_text(json.dumps(data))
-    (runs_dir / "plain_ce/seed0/student/results.json").unlink()
-    untouched = [runs_dir / "plain_ce/seed0/teacher/results.json", runs_dir / "paper/seed0/student/results.json"]
+    (ce_student,) = (plain_ce / "seed0").glob("kd-*/results.json")
+    ce_student.unlink()
+    untouched = [plain_ce / "seed0/teacher/results.json", next((paper / "seed0").glob("kd-*/results.json"))]
     stamps = [p.stat().st_mtime_ns for p in untouched]
     proc = make("table-margin", *variables)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "synthetic/paper/seed0/teacher: resuming (running) from checkpoints/last.ckpt" in proc.stdout
+    assert re.search(r"synthetic/paper-\w+/seed0/teacher: resuming \(running\) from checkpoints/last.ckpt", proc.stdout)
     assert "--ckpt_path=last" in proc.stdout
-    assert started(proc) == ["synthetic/plain_ce/seed0/student"]
+    assert started(proc) == ["synthetic/plain_ce/seed0/kd"]
     assert [p.stat().st_mtime_ns for p in untouched] == stamps  # finished runs were not touched
-    assert rows.is_complete(teacher) and rows.is_complete(runs_dir / "plain_ce/seed0/student/results.json")
+    assert RunState.of(read_json(teacher)) == RunState.of(read_json(ce_student)) == RunState.COMPLETE
     assert json.loads(teacher.read_text())["epochs"] == 1  # the resumed run kept its history
     again = make("table-margin", *variables)
     assert again.returncode == 0 and started(again) == [] and "resuming" not in again.stdout
 
 
+def test_another_args_trains_new_runs_beside_the_default_ones_and_both_tables_build(tiny_tables):
+    base, variables, first, second = tiny_tables
+    assert first.returncode == 0 and second.returncode == 0
+    other = [v if not v.startswith("ARGS=") else f"ARGS={TINY} --model.weight_decay=1e-3" for v in variables]
+    other = [v if not v.startswith("RESULTS=") else f"RESULTS={base / 'results-wd'}" for v in other]
+    proc = make("table-margin", *other)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert started(proc) == [f"synthetic/{t}/seed0/{s}" for t in ("paper", "plain_ce") for s in ("kd", "teacher")]
+    assert len(list((base / "runs" / "synthetic").glob("paper-*"))) == 2  # beside the default runs, not over them
+    rebuilt = make("table-build", *[v for v in variables if not v.startswith("RESULTS=")], f"RESULTS={base / 'again'}")
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    for folder in ("results-wd", "again"):
+        md = (base / folder / "margin.md").read_text()
+        assert re.fullmatch(r"\d+\.\d\d", md_row(md, "δ = 0.5 (paper default)")[3])
+
+
 # --- Table D: teacher x student method ---------------------------------------------------------------------------------
 def test_table_d_crosses_the_two_teachers_with_every_student_method():
-    proxy, full = recipe.Recipe(data="synthetic"), recipe.Recipe(data="cifar100")
-    jobs = table_jobs(["students"], proxy, 0, rows.ABLATIONS)
-    assert [j.key for j in jobs if j.stage == "teacher"] == ["synthetic/plain_ce/seed0/teacher",
-                                                            "synthetic/paper/seed0/teacher"]
-    stages = sorted({j.stage for j in jobs if j.stage != "teacher"})
-    # KD is the recipe's own student: the very runs of Tables A-C ("student"); the others have their own folders.
-    assert stages == ["student", "student-crd", "student-dist", "student-dkd", "student-kd_rkd"]
-    assert len(jobs) == 2 + 2 * 5
-    dkd = next(j for j in jobs if j.stage == "student-dkd")
+    from kd_lightning.distillation.registry import method_cards
+
+    jobs = grid(["students"])
+    assert [plain(j.key) for j in jobs if j.stage == "teacher"] == ["synthetic/plain_ce/seed0/teacher",
+                                                                   "synthetic/paper/seed0/teacher"]
+    # Every method card is a row, from each teacher; KD's runs are Tables A-C's own KD students.
+    names = [card.name for card in method_cards()]
+    assert [r.name for r in spec.load_table("students").students] == names
+    assert len(jobs) == 2 + 2 * len(names)
+    assert cells("students")[("kd", "plain_ce")].key == cells("margin")[("kd", "plain_ce")].key
+    dkd = cells("students")[("dkd", "paper")]
     assert list(dkd.args) == ["--config", "configs/student/dkd.yaml", "--model.distillation_warmup_epochs=2"]
-    full_dkd = next(j for j in table_jobs(["students"], full, 0, rows.ABLATIONS) if j.stage == "student-dkd")
-    assert list(full_dkd.args) == ["--config", "configs/student/dkd.yaml"]  # 240 epochs: DKD's own 20-epoch ramp
+    full = recipe.Recipe(data="cifar100")
+    assert list(cells("students", r=full)[("dkd", "paper")].args) == [  # 240 epochs: DKD's own 20-epoch ramp; β 8
+        "--config", "configs/student/dkd.yaml"]
     # The student's config: the recipe's student, then the method's overlay (it wins).
-    command = proxy.command("student", dkd.dir("/r"), 0, list(dkd.args), teacher_checkpoint=Path("/t.ckpt"))
-    init = recipe.identity(command[command.index("fit") + 1:], "test")["model"]["init_args"]
+    command = PROXY.command("student", Path("/r"), 0, list(dkd.args), teacher_checkpoint=Path("/t.ckpt"))
+    init = identity.identity(command[command.index("fit") + 1:], "test")["model"]["init_args"]
     assert init["distillation"]["class_path"] == "kd_lightning.distillation.DKDLoss"
     assert init["distillation_warmup_epochs"] == 2 and init["ce_weight"] == 1.0 and init["backbone"] == "resnet8"
+
+
+def test_table_d_takes_each_methods_setting_for_the_pair_unless_args_says_otherwise(tmp_path, capsys):
+    vgg = recipe.Recipe(data="cifar100", pair=("vgg13", "vgg8"))
+    dkd = cells("students", r=vgg)[("dkd", "paper")]
+    assert dkd.args[-1] == "--model.distillation.init_args.beta=6.0"  # mdistiller's vgg13->vgg8 β, no flag
+    assert dkd.settings == (("model.distillation.init_args.beta", "6.0", "method card 'dkd', pair vgg13->vgg8"),)
+    mine = recipe.Recipe(data="cifar100", pair=("vgg13", "vgg8"),
+                         student_extra=["--model.distillation.init_args.beta=3"])  # make's STUDENT_ARGS
+    dkd_row = next(r for r in spec.load_table("students").students if r.name == "dkd")  # a DKD-only table's row
+    overridden = runs.student_job(mine, dkd.teacher, 0, dkd_row)
+    assert not any("beta" in a for a in overridden.args) and overridden.settings[0][2] == "ARGS"
+    command = mine.command("student", Path("/r"), 0, list(overridden.args))
+    assert identity.identity(command[command.index("fit") + 1:], "t")["model"]["init_args"]["distillation"][
+        "init_args"]["beta"] == 3.0
+    assert cells("students", r=recipe.Recipe(data="cifar100"))[("dkd", "paper")].settings == ()  # resnet32x4: β 8
+    code = ablations_main(["run", "students", "--pair", "vgg13->vgg8", "--data", "cifar100", "--dry-run",
+                           "--runs", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "model.distillation.init_args.beta=6.0 (from method card 'dkd', pair vgg13->vgg8)" in out
+    # recipe.json records which setting ran and where it came from.
+    store = RunStore(tmp_path)
+    store.dir(dkd).mkdir(parents=True)
+    store.write_recipe(dkd, ["fit"], {})
+    assert read_json(store.dir(dkd) / "recipe.json")["settings"] == [
+        {"key": "model.distillation.init_args.beta", "value": "6.0", "from": "method card 'dkd', pair vgg13->vgg8"}]
 
 
 def test_a_table_is_built_from_the_seeds_of_its_own_runs(tmp_path):
@@ -525,42 +669,41 @@ def test_a_table_is_built_from_the_seeds_of_its_own_runs(tmp_path):
     0-1 for Table D, whose KD students and teachers (the plain-CE and paper rows) are Tables A-C's runs."""
     from kd_lightning.ablations.__main__ import found_seeds
 
-    proxy = recipe.Recipe(data="synthetic")
+    store = RunStore(tmp_path)
 
-    def train(tid: str, seeds: range) -> None:
+    def train(name: str, seeds: range) -> None:
         for seed in seeds:
-            for job in table_jobs([tid], proxy, seed, rows.ABLATIONS):
-                job.dir(tmp_path).mkdir(parents=True, exist_ok=True)
-                (job.dir(tmp_path) / rows.RESULTS_FILE).write_text("{}")
+            for job in grid([name], seed=seed):
+                store.dir(job).mkdir(parents=True, exist_ok=True)
+                (store.dir(job) / RESULTS_FILE).write_text("{}")
 
-    for tid in ("margin", "contrastive", "lambda"):
-        train(tid, range(5))
-    before = set(tmp_path.rglob(rows.RESULTS_FILE))
+    for name in ("margin", "contrastive", "lambda"):
+        train(name, range(5))
+    before = set(tmp_path.rglob(RESULTS_FILE))
     train("students", range(2))
-    assert set(tmp_path.rglob(rows.RESULTS_FILE)) > before  # Table D has runs of its own
-    assert found_seeds("margin", proxy, tmp_path, rows.ABLATIONS) == [0, 1, 2, 3, 4]
-    assert found_seeds("students", proxy, tmp_path, rows.ABLATIONS) == [0, 1]
-    assert found_seeds("students", proxy, tmp_path, rows.ABLATIONS, seeds=[1, 4]) == [1]
+    assert set(tmp_path.rglob(RESULTS_FILE)) > before  # Table D has runs of its own
+    every = spec.tables_of(["all"])
+    margin, students = spec.load_table("margin"), spec.load_table("students")
+    assert found_seeds(margin, every, PROXY, store) == [0, 1, 2, 3, 4]
+    assert found_seeds(students, every, PROXY, store) == [0, 1]
+    assert found_seeds(students, every, PROXY, store, seeds=[1, 4]) == [1]
 
 
 def test_table_d_pairs_each_method_with_its_own_plain_ce_teacher_row(tmp_path):
     out = tmp_path / "runs"
     # (CE teacher's student, paper teacher's student) test accuracy per seed, for KD and DKD.
-    accs = {"student": {0: (0.70, 0.72), 1: (0.71, 0.75), 2: (0.69, 0.70)},
-            "student-dkd": {0: (0.74, 0.73), 1: (0.75, 0.74), 2: (0.73, 0.72)}}
+    accs = {"kd": {0: (0.70, 0.72), 1: (0.71, 0.75), 2: (0.69, 0.70)},
+            "dkd": {0: (0.74, 0.73), 1: (0.75, 0.74), 2: (0.73, 0.72)}}
     for seed in range(3):
-        for name in ("plain_ce", "paper"):
-            write_run(out, f"synthetic/{name}/seed{seed}", "teacher", fake_results("teacher", 0.9, [0.5]))
-        for stage, values in accs.items():
-            ce, paper = values[seed]
-            write_run(out, f"synthetic/plain_ce/seed{seed}", stage, fake_results("student", ce, [0.5]))
-            write_run(out, f"synthetic/paper/seed{seed}", stage, fake_results("student", paper, [0.5]))
-    paths, problems = table.build("students", recipe.Recipe(data="synthetic"), [0, 1, 2], out, tmp_path / "r")
-    md = paths[0].read_text()
+        for method, values in accs.items():
+            for teacher, acc in zip(("plain_ce", "paper"), values[seed]):
+                write_cell(out, cells("students", seed)[(method, teacher)], fake_results("teacher", 0.9, [0.5]),
+                           fake_results("student", acc, [0.5]))
+    assert build(spec.load_table("students"), PROXY, [0, 1, 2], RunStore(out), tmp_path / "r") == 1
+    md = (tmp_path / "r" / "students.md").read_text()
     assert "## Paired differences to the same student method's plain CE teacher row" in md
     mean, low, high = naive_interval([2, 4, 1], 4.30265)  # KD: paper's teacher - CE teacher, points
     assert md_row(md, "KD ← paper's teacher", 1)[1].startswith(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] · ")
     assert md_row(md, "DKD ← paper's teacher", 1)[1].startswith("-1.00 [-1.00, -1.00] * · ")  # -1 every seed: sd 0
     assert md_row(md, "DKD ← plain CE teacher", 1)[1] == "baseline"
     assert md_row(md, "CRD ← paper's teacher")[3] == "missing"  # not trained here
-    assert any("student-crd: missing" in p for p in problems)

@@ -1,0 +1,267 @@
+"""Bring runs to "complete" on this machine: each job is a plain `kd-lightning fit` (recipe.py composes it), resumed
+when it was interrupted and never re-run when it finished. JOBS run at once, a student after its teacher.
+
+    complete                        nothing (a finished run is never re-run); its recipe.json must match the recipe
+    running / interrupted / failed  resumed with --ckpt_path=last when checkpoints/last.ckpt exists, else restarted
+    missing                         started
+
+A student whose teacher is not complete is recorded as failed. A run's output goes to its train.log and, one line
+per epoch, to the console, prefixed with the run's key. On a box with GPUs each concurrent run gets GPUs of its own
+(CUDA_VISIBLE_DEVICES, gpu_slots): the grid is spread over the GPUs, one run per GPU set.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from kd_lightning.ablations.grid.identity import identity
+from kd_lightning.ablations.grid.recipe import Recipe, fit_args
+from kd_lightning.ablations.grid.runs import Job
+from kd_lightning.ablations.grid.spec import ROOT
+from kd_lightning.ablations.grid.store import LOG_FILE, RunState, RunStore
+from kd_lightning.exceptions import UserValueError
+from kd_lightning.utils.hardware import usable_cpus
+from kd_lightning.utils.run_lock import HELD_BY_PARENT_ENV, LOCK_FILE, RunBusy
+
+#: Set by `wandb agent` for its own run: the runs started here must not attach to it.
+AGENT_ENV = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RESUME", "WANDB_NAME",
+             "WANDB_RUN_GROUP", "WANDB_JOB_TYPE", "WANDB_NOTES", "WANDB_TAGS")
+#: run_job's answer when wait=False and another process trains the run (not a state of the run itself).
+BUSY = "busy"
+_print_lock = threading.Lock()
+Launch = Callable[[list[str], dict[str, str], Path, str, Optional[int]], int]
+
+
+def say(message: str) -> None:
+    with _print_lock:
+        print(message, flush=True)
+
+
+def visible_gpus(environ: Optional[dict[str, str]] = None) -> list[str]:
+    """The GPUs this process may hand out: CUDA_VISIBLE_DEVICES when set, else every GPU torch sees."""
+    environ = os.environ if environ is None else environ
+    if environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return [g for g in environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_slots(parallel: int, devices: Optional[str], gpus: Sequence[str]) -> list[Optional[list[str]]]:
+    """One GPU set per concurrent run: DEVICES GPUs each, or an equal share of the box (N // JOBS). No GPU: None
+    each. A combination that does not fit is one error naming JOBS, DEVICES and the GPUs there are."""
+    if parallel < 1:
+        raise UserValueError(f"JOBS must be >= 1 (runs trained at once), got {parallel}")
+    if not gpus:
+        return [None] * parallel
+    each = int(devices) if devices and devices.isdigit() else len(gpus) // parallel
+    if each < 1 or each * parallel > len(gpus):
+        raise UserValueError(f"JOBS={parallel} runs at once with DEVICES={devices or len(gpus) // parallel or 0} GPUs "
+                             f"each need {parallel * max(each, 1)} GPUs, and this box has {len(gpus)} "
+                             f"({','.join(gpus)}): lower JOBS or DEVICES")
+    return [list(gpus[i * each:(i + 1) * each]) for i in range(parallel)]
+
+
+def child_env(job: Job, threads: Optional[int], run_dir: Optional[Path] = None, gpus: Optional[list[str]] = None,
+              environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The environment of the run's `kd-lightning fit` child, built for it from `environ` (default: this process's,
+    which is never changed)."""
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in AGENT_ENV}
+    env.update(WANDB_RUN_GROUP=f"{job.data}/{job.teacher.name if job.teacher else job.name}", WANDB_NAME=job.key,
+               WANDB_JOB_TYPE=job.stage, PYTHONUNBUFFERED="1")
+    if run_dir is not None:  # this runner holds the run's lock: the child must not wait for it
+        env[HELD_BY_PARENT_ENV] = str(run_dir)
+    if threads:
+        # Several runs at once on few cores: each gets its share, or their OpenMP threads fight (tests/conftest.py).
+        env["OMP_NUM_THREADS"] = str(threads)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return env
+
+
+def _console_line(line: str) -> bool:
+    """What of a run's output reaches the console: its epoch lines, errors and the teacher check."""
+    text = line.strip()
+    return bool(text.startswith(("epoch", "kd-lightning:", "teacher accuracy", "Traceback"))
+                or re.match(r"\w*Error\b", text))
+
+
+def launch(command: list[str], env: dict[str, str], log: Path, prefix: str, lock_fd: Optional[int] = None) -> int:
+    """Run the command; its output goes to `log`, and its epoch lines to the console behind `prefix`. SIGTERM and
+    Ctrl-C are passed on, so the run writes "interrupted" and its checkpoint before it stops."""
+    with log.open("a") as sink:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, pass_fds=(lock_fd,) if lock_fd is not None else ())
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sink.write(line)
+                if _console_line(line):
+                    say(f"  {prefix} {line.rstrip()}")
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.kill()
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def job_command(job: Job, recipe: Recipe, store: RunStore, resume: bool = False) -> list[str]:
+    """The `python -m kd_lightning fit ...` command of a job (a student's teacher checkpoint included)."""
+    ckpt = store.dir(job.teacher) / "checkpoints" / "last.ckpt" if job.teacher is not None else None
+    stage = "teacher" if job.stage == "teacher" else "student"
+    return recipe.command(stage, store.dir(job), job.seed, list(job.args), teacher_checkpoint=ckpt, resume=resume)
+
+
+def expected_identity(job: Job, recipe: Recipe, store: RunStore) -> dict:
+    """The job's canonical resolved config (identity.py); bad input raises RowError naming the run."""
+    return identity(fit_args(job_command(job, recipe, store)), f"run {job.key}")
+
+
+def check_jobs(jobs: list[Job], recipe: Recipe, store: RunStore) -> None:
+    """Resolve every job with the CLI's parser before anything trains: a bad row stops the table at once."""
+    for job in jobs:
+        expected_identity(job, recipe, store)
+
+
+def run_job(job: Job, recipe: Recipe, store: RunStore, dry_run: bool = False, threads: Optional[int] = None,
+            wait: bool = True, gpus: Optional[list[str]] = None, launcher: Launch = launch,
+            environ: Optional[dict[str, str]] = None) -> str:
+    """Bring one run to "complete" (or "failed"); returns its final state, or BUSY (wait=False and another process
+    trains it). The one function that runs a job, for the table runner, the sweep agents and a Slurm job alike.
+    KeyboardInterrupt is raised when the run was interrupted."""
+    tag = f"[run] {job.key}"
+    expected = expected_identity(job, recipe, store)
+    state = store.state(job)
+    if state == RunState.COMPLETE:
+        store.check_recipe(job, expected, "kept")
+        say(f"{tag}: complete, not re-run")
+        return state.value
+    teacher_state = store.state(job.teacher) if job.teacher is not None else RunState.COMPLETE
+    if dry_run:
+        resume = store.resumable(job)
+        after = "" if teacher_state == RunState.COMPLETE else " once its teacher is complete"
+        say(f"{tag}: {'resuming' if resume else 'starting'}{after}\n  "
+            + shlex.join(job_command(job, recipe, store, resume)[1:])
+            + "".join(f"\n  {key}={value} (from {source})" for key, value, source in job.settings))
+        return state.value
+    if teacher_state != RunState.COMPLETE:
+        message = f"its teacher ({store.dir(job.teacher)}) is {teacher_state}, not complete"
+        say(f"{tag}: not started: {message}")
+        store.record_failure(job, message)
+        return RunState.FAILED.value
+    run_dir = store.dir(job)
+    try:
+        with store.lock(job, wait=wait, on_wait=lambda owner: say(
+                f"{tag}: being trained by {owner}; waiting for it (its lock is {run_dir / LOCK_FILE})")) as lock_fd:
+            return _train(job, recipe, store, expected, lock_fd, launcher,
+                          child_env(job, threads, store.dir(job), gpus, environ), gpus)
+    except RunBusy as busy:
+        say(f"{tag}: being trained by {busy.owner}; training the other runs meanwhile, then waiting for it")
+        return BUSY
+
+
+def _train(job: Job, recipe: Recipe, store: RunStore, expected: dict, lock_fd: Optional[int], launcher: Launch,
+           env: dict[str, str], gpus: Optional[list[str]]) -> str:
+    """run_job's part under the run's lock: read the state again (another process may have finished the run), then
+    start or resume it."""
+    tag, run_dir, started = f"[run] {job.key}", store.dir(job), time.time()
+    state = store.state(job)
+    if state == RunState.COMPLETE:
+        store.check_recipe(job, expected, "kept")
+        say(f"{tag}: complete (trained by another process), not re-run")
+        return state.value
+    resume = store.resumable(job)
+    if resume:
+        store.check_recipe(job, expected, "resumed")
+    command = job_command(job, recipe, store, resume)
+    what = f"resuming ({state}) from checkpoints/last.ckpt" if resume else (
+        "starting" if state == RunState.MISSING else f"restarting ({state}, no last.ckpt)")
+    say(f"{tag}: {what}" + (f" on GPU {','.join(gpus)}" if gpus else "") + f"\n  {shlex.join(command[1:])}")
+    if not resume:
+        store.write_recipe(job, command[1:], expected)
+    code = launcher(command, env, run_dir / LOG_FILE, f"[{job.key}]", lock_fd)
+    final = store.state(job)
+    if final == RunState.INTERRUPTED:
+        raise KeyboardInterrupt
+    if code != 0 or final != RunState.COMPLETE:
+        store.record_failure(job, f"kd-lightning exited with code {code}; its output is in {run_dir / LOG_FILE}")
+        say(f"{tag}: FAILED (exit code {code}); output in {run_dir / LOG_FILE}")
+        return RunState.FAILED.value
+    say(f"{tag}: complete in {time.time() - started:.0f} s")
+    return final.value
+
+
+def run_jobs(jobs: list[Job], recipe: Recipe, store: RunStore, parallel: int = 1, dry_run: bool = False,
+             gpus: Optional[Sequence[str]] = None, launcher: Launch = launch) -> dict[str, str]:
+    """Run `jobs` (students after their teachers), `parallel` at a time; returns {job key: final state}.
+
+    Every job is resolved first (check_jobs) and the GPU sets checked (gpu_slots): a bad value stops everything
+    before the first run. A run that another process trains is put aside (BUSY) while the others train, then waited
+    for. Each run gets an equal share of the cores (OMP_NUM_THREADS) and its own GPU set.
+    """
+    slots = gpu_slots(parallel, recipe.devices, visible_gpus() if gpus is None else list(gpus))
+    check_jobs(jobs, recipe, store)
+    states: dict[str, str] = {}
+    keys = {job.key for job in jobs}
+    pending, deferred = list(jobs), []  # deferred: BUSY, waited for once nothing else is left
+
+    def ready(job: Job) -> bool:
+        return job.teacher is None or job.teacher.key not in keys or job.teacher.key in states
+
+    def take() -> Optional[tuple[Job, bool]]:
+        """The next job to start and whether to wait for its lock (only once nothing else can start)."""
+        for queue, wait_for in ((pending, False), (deferred, True)):
+            for job in queue:
+                if ready(job):
+                    queue.remove(job)
+                    return job, wait_for
+        return None
+
+    threads = max(1, usable_cpus() // parallel) if parallel > 1 else None
+    free = list(slots)
+    running: dict[Future, tuple[Job, Optional[list[str]]]] = {}
+    with ThreadPoolExecutor(max_workers=1 if dry_run else parallel) as pool:
+        while pending or deferred or running:
+            while free and not (dry_run and running):
+                nxt = take()
+                if nxt is None:
+                    if running or not (pending or deferred):
+                        break
+                    nxt = ((pending or deferred).pop(0), True)  # students of teachers that never finished here
+                job, wait_for = nxt
+                if wait_for and running:  # something else is still training: wait for it first
+                    deferred.insert(0, job)
+                    break
+                slot = free.pop(0)
+                running[pool.submit(run_job, job, recipe, store, dry_run, threads, wait_for, slot, launcher)] = (
+                    job, slot)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job, slot = running.pop(future)
+                free.append(slot)
+                state = future.result()
+                if state == BUSY:
+                    deferred.append(job)
+                else:
+                    states[job.key] = state
+    return states

@@ -1,0 +1,132 @@
+"""How a run of a table row becomes a `kd-lightning fit` command: which configs, in which order.
+
+    configs/trainer/default.yaml            W&B logger (offline unless configured), 240 epochs
+    data configs                            synthetic: configs/demo/data.yaml (the demo's set and schedule)
+                                            cifar100 / tiny_imagenet: configs/data/<data>.yaml
+    stage config                            synthetic: configs/demo/{teacher,student}.yaml (the demo's recipe)
+                                            otherwise: configs/teacher/<T>.yaml, configs/student/<S>.yaml
+    --model.backbone=...                    when a pair is given on the synthetic proxy
+    extra args (make's ARGS)                e.g. --config configs/fast/gpu.yaml
+    student args (make's STUDENT_ARGS)      students only, after the row's: e.g. --model.distillation.init_args.beta=4
+    --trainer.max_epochs / devices / seed / default_root_dir / teacher_checkpoint
+    the run's own arguments                 the teacher's canonical overlay (runs.py), a student variant's config
+
+They come last, so their values win over everything before it (the same holds for a sweep's swept values).
+The synthetic proxy is the demo: `make demo` and `make tables` (DATA=synthetic) train the very same runs.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from kd_lightning.ablations.grid.spec import ROOT, find_backbone, rel
+from kd_lightning.exceptions import UserFileError, UserValueError
+
+DATASETS = ("synthetic", "cifar100", "tiny_imagenet")
+PROXY = ROOT / "configs" / "demo"
+#: The pair each real data set runs when PAIR is not given (docs/method.md §6's headline pair for CIFAR-100).
+DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "resnet8x4"), "tiny_imagenet": ("resnet18", "mobilenetv2")}
+
+
+def parse_pair(pair: Optional[str]) -> Optional[tuple[str, str]]:
+    """'resnet32x4->resnet8x4' -> ('resnet32x4', 'resnet8x4'); '' or None -> None (the data set's default)."""
+    if not pair:
+        return None
+    parts = [p.strip() for p in pair.split("->")]
+    if len(parts) != 2 or not all(parts):
+        raise UserValueError(f"PAIR must be TEACHER->STUDENT, e.g. resnet32x4->resnet8x4; got {pair!r}")
+    return parts[0], parts[1]
+
+
+@dataclass
+class Recipe:
+    """The settings a table shares across its rows (make's DATA, PAIR, EPOCHS, DEVICES, ARGS). Table A's margin
+    space is a change of its rows' teachers (runs.py), not of the recipe."""
+
+    data: str = "synthetic"
+    pair: Optional[tuple[str, str]] = None
+    epochs: Optional[int] = None
+    devices: Optional[str] = None
+    extra: list[str] = field(default_factory=list)
+    student_extra: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.data not in DATASETS:
+            raise UserValueError(f"DATA must be one of {', '.join(DATASETS)}; got {self.data!r}")
+        if self.epochs is not None and self.epochs < 1:
+            raise UserValueError(f"EPOCHS must be >= 1, got {self.epochs}")
+        for name in self.pair or ():
+            find_backbone(name)
+        if self.devices and not (self.devices.isdigit() and int(self.devices) >= 1) and self.devices != "auto":
+            raise UserValueError(f"DEVICES must be a whole number >= 1 (GPUs per run), got {self.devices!r}")
+
+    def given_keys(self) -> set[str]:
+        """The dotted keys ARGS sets (`--key=value` or `--key value`): a method card's pair setting yields to them."""
+        return {a[2:].partition("=")[0] for a in self.extra + self.student_extra if a.startswith("--")}
+
+    @property
+    def proxy(self) -> bool:
+        return self.data == "synthetic"
+
+    def backbone(self, stage: str) -> Optional[str]:
+        pair = self.pair or DEFAULT_PAIRS.get(self.data)
+        return None if pair is None else pair[0 if stage == "teacher" else 1]
+
+    def configs(self, stage: str) -> list[Path]:
+        """The config files of a run of `stage`, in order (the row is not among them)."""
+        files = [ROOT / "configs" / "trainer" / "default.yaml"]
+        if self.proxy:
+            files += [PROXY / "data.yaml", PROXY / f"{stage}.yaml"]
+        else:
+            files += [ROOT / "configs" / "data" / f"{self.data}.yaml", self._stage_config(stage)]
+        for path in files:
+            if not path.is_file():
+                raise UserFileError(f"config {path} is missing; restore it from git")
+        return files
+
+    def _stage_config(self, stage: str) -> Path:
+        name = self.backbone(stage)
+        path = ROOT / "configs" / stage / f"{name}.yaml"
+        if not path.is_file():
+            have = sorted(p.stem for p in (ROOT / "configs" / stage).glob("*.yaml") if p.stem not in ("alone", "rkd"))
+            raise UserFileError(
+                f"no {stage} config for backbone {name!r} ({path}); PAIR takes {stage}s from: {', '.join(have)}"
+            )
+        return path
+
+    def command(
+        self,
+        stage: str,
+        run_dir: Path,
+        seed: int,
+        row_args: list[str],
+        teacher_checkpoint: Optional[Path] = None,
+        resume: bool = False,
+    ) -> list[str]:
+        """The full `python -m kd_lightning fit ...` command of one run; `row_args` go last."""
+        args = [sys.executable, "-m", "kd_lightning", "fit"]
+        for path in self.configs(stage):
+            args += ["--config", rel(path)]
+        if self.proxy and self.pair:
+            args.append(f"--model.backbone={self.backbone(stage)}")
+        args += self.extra
+        if self.epochs is not None:
+            args.append(f"--trainer.max_epochs={self.epochs}")
+        if self.devices:
+            args.append(f"--trainer.devices={self.devices}")
+            if self.devices.isdigit() and int(self.devices) > 1:
+                args.append("--trainer.strategy=ddp")  # the tested multi-GPU strategy (docs/multi_gpu.md)
+        args += [f"--seed_everything={seed}", f"--trainer.default_root_dir={run_dir}"]
+        if teacher_checkpoint is not None:  # a student of a teacher (the student alone has none)
+            args.append(f"--model.teacher_checkpoint={teacher_checkpoint}")
+        if resume:
+            args.append("--ckpt_path=last")
+        # STUDENT_ARGS come after the row (a method's overlay), so that they override its settings.
+        return args + list(row_args) + (self.student_extra if stage == "student" else [])
+
+
+def fit_args(command: list[str]) -> list[str]:
+    """The arguments after `fit` of a command from Recipe.command()."""
+    return command[command.index("fit") + 1:]

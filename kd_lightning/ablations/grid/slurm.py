@@ -1,0 +1,326 @@
+"""The Slurm launcher of the table runner (`--launcher slurm`, make's LAUNCHER=slurm): every run of the grid is one
+Slurm job, submitted through submitit (which writes the job scripts), a student's job after its teacher's
+(`--dependency=afterany`), the whole grid at once; the command returns once it is submitted (or, with --wait, once
+the grid's jobs have left the queue).
+
+A job runs `runner.run_job`, the very function the local runner runs: same run folder, same recipe check and OS lock,
+same `kd-lightning fit` command, resumed with --ckpt_path=last when the run has a last.ckpt; its OMP_NUM_THREADS is
+the job's --cpus-per-task. The run folder records the job in `slurm.json` (job id, submitit log), so submitting the
+grid again is idempotent:
+
+    results.json complete                       nothing submitted
+    slurm.json's job pending or running         nothing submitted (Slurm is asked: squeue)
+    anything else (failed, cancelled, timed     submitted again; run_job resumes it from checkpoints/last.ckpt
+    out, interrupted, never submitted)
+
+Queue states come from `squeue` (what is pending or running), and what a finished job did from the run's own
+results.json: no Slurm accounting (sacct/slurmdbd) is needed, which small clusters and the tests' one-node Slurm
+often lack. The time limit: Slurm sends SIGTERM to the job's processes `lead_s` seconds before it (`--signal=TERM@s`,
+a third of the limit at most, so a short job still trains; in place of submitit's USR2, which the `kd-lightning fit`
+child has no handler for), the runner passes it on to the fit, which records "interrupted" with its last epoch's
+last.ckpt, and the job requeues itself (`scontrol requeue`): same job id, so its students' dependency still waits, and
+the requeued job resumes the run. A job that made no new epoch since it started is failed instead of requeued
+forever. A student starts once its teacher's job has ended (`afterany`, not `afterok`: a job whose run completed
+may still be ended by its time limit's signal, exit 143) and trains only when its teacher's results.json says
+complete; otherwise it records "failed" (its teacher is not complete) at once, and the next submission submits both.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Optional
+
+from kd_lightning.ablations.grid.local import check_jobs, run_job, say
+from kd_lightning.ablations.grid.recipe import Recipe
+from kd_lightning.ablations.grid.runs import Job
+from kd_lightning.ablations.grid.store import LOG_FILE, RunState, RunStore, read_json
+from kd_lightning.exceptions import RunTimeLimitError, UserValueError
+from kd_lightning.utils.atomic import atomic_write_json
+
+SLURM_FILE = "slurm.json"
+#: submitit's folder inside a run folder: the job script, its pickles and the job's stdout/stderr.
+SUBMITIT_DIR = "slurm"
+#: squeue's states of a job that is still going to run (or running): nothing is submitted for its run.
+QUEUED = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
+          "RESIZING": "pending", "SUSPENDED": "pending", "RUNNING": "running", "COMPLETING": "running",
+          "STAGE_OUT": "running", "SIGNALING": "running"}
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """make's SLURM_* variables: partition (""=the cluster's default), time limit in minutes, GPUs and CPUs per job,
+    raw extra sbatch options ("--qos=high --account=lab --exclusive"), and how many seconds before the limit the
+    job is told to stop (SIGTERM)."""
+
+    partition: str = ""
+    time: int = 240
+    gpus: int = 0
+    cpus: int = 1
+    extra: str = ""
+    signal_delay_s: int = 120
+    #: Off the synthetic proxy (a real data set): one GPU and 8 data-loading CPUs per job unless SLURM_* say so.
+    GPUS_OFF_PROXY: ClassVar[int] = 1
+    CPUS_OFF_PROXY: ClassVar[int] = 8
+
+    def __post_init__(self) -> None:
+        for name in ("time", "cpus"):
+            if getattr(self, name) < 1:
+                raise UserValueError(f"SLURM_{name.upper()} must be >= 1, got {getattr(self, name)}")
+        if self.gpus < 0:
+            raise UserValueError(f"SLURM_GPUS must be >= 0, got {self.gpus}")
+
+    @property
+    def lead_s(self) -> int:
+        """When the job is told to stop, in seconds before its limit: signal_delay_s, but at most a third of the
+        limit, so that a 1-minute job still trains for 40 s."""
+        return max(5, min(self.signal_delay_s, self.time * 60 // 3))
+
+    def extra_parameters(self) -> dict[str, object]:
+        """SLURM_EXTRA as submitit's additional_parameters: `--key=value`, `--key value` and `--flag`."""
+        out: dict[str, object] = {}
+        words = shlex.split(self.extra)
+        i = 0
+        while i < len(words):
+            word = words[i]
+            if not word.startswith("--") or word == "--":
+                raise UserValueError(f"SLURM_EXTRA must be long sbatch options (--key=value or --flag); got "
+                                     f"{word!r} in {self.extra!r}")
+            key, eq, value = word[2:].partition("=")
+            if not eq and i + 1 < len(words) and not words[i + 1].startswith("--"):
+                value, i = words[i + 1], i + 1
+            out[key.replace("-", "_")] = value if (eq or value) else True
+            i += 1
+        return out
+
+
+class SlurmRun:
+    """What a Slurm job runs: `run_job` on one run (picklable: submitit pickles it into the run's slurm/ folder)."""
+
+    def __init__(self, job: Job, recipe: Recipe, runs: Path) -> None:
+        self.job, self.recipe, self.runs = job, recipe, Path(runs)
+
+    def __call__(self) -> str:
+        # Threads follow --cpus-per-task (Slurm exports it to the job). The fit is a plain local run inside its
+        # allocation, as on one machine: its environment has no SLURM_* variables, or Lightning would take
+        # SLURM_NTASKS (1) as the world size of a DEVICES=N DDP run and arm its own SIGUSR1 requeue.
+        threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 1)
+        environ = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("SLURM_", "SRUN_")) or k == "SLURM_CONF"}
+        store = RunStore(self.runs)
+        before = (store.results(self.job) or {}).get("epochs") or 0
+        try:
+            return run_job(self.job, self.recipe, store, threads=threads, wait=True, environ=environ)
+        except KeyboardInterrupt:  # SIGTERM (the time limit, scancel, a preemption): results.json says "interrupted"
+            return self.requeue(store, before)
+
+    def requeue(self, store: RunStore, before: int) -> str:
+        """At its time limit (the job still RUNNING): put this job back in the queue to resume the run, or fail it when
+        this start made no new epoch."""
+        job_id, done = os.environ.get("SLURM_JOB_ID", ""), (store.results(self.job) or {}).get("epochs") or 0
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+        if state.strip() != "RUNNING":  # cancelled, or requeued from outside (a preemption): not this job's to requeue
+            return "interrupted"
+        if done <= before:
+            message = (f"stopped by Slurm with no new epoch since this job started (epoch {done}): give each job "
+                       f"more time than one epoch and its start-up (SLURM_TIME)")
+            store.record_failure(self.job, message)
+            raise RunTimeLimitError(f"{self.job.key}: {message}")
+        record_path = store.dir(self.job) / SLURM_FILE
+        record = read_json(record_path) or {}
+        atomic_write_json(record_path, {**record, "requeues": int(record.get("requeues", 0)) + 1})
+        say(f"[slurm] {self.job.key}: stopped at epoch {done}; requeueing job {job_id}")
+        # Not checked: a job requeued from outside (a preemption) is already on its way back to the queue.
+        subprocess.run(["scontrol", "requeue", job_id], check=False)
+        return "requeued"
+
+
+def queue() -> dict[str, str]:
+    """{job id: "pending" | "running"} of every job Slurm still has queued or running (squeue)."""
+    if shutil.which("squeue") is None:
+        raise UserValueError("LAUNCHER=slurm needs Slurm's commands (squeue, sbatch) on PATH; none found here")
+    proc = subprocess.run(["squeue", "-h", "-o", "%i|%T"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserValueError(f"squeue failed ({proc.stderr.strip() or proc.returncode}): is Slurm reachable "
+                             f"from here (SLURM_CONF={os.environ.get('SLURM_CONF', '')})?")
+    out = {}
+    for line in proc.stdout.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if state in QUEUED:
+            out[job_id] = QUEUED[state]
+    return out
+
+
+def run_status(job: Job, store: RunStore, queued: dict[str, str]) -> tuple[str, str]:
+    """(state, detail) of a run: complete | pending | running (detail: job id) | failed | interrupted (detail: the
+    log to read) | missing."""
+    run_dir = store.dir(job)
+    state = store.state(job).value
+    if state == "complete":
+        return "complete", ""
+    record = read_json(run_dir / SLURM_FILE) or {}
+    job_id = str(record.get("job_id", ""))
+    if job_id in queued:
+        requeues = int(record.get("requeues", 0))
+        return (f"requeued ({requeues})" if requeues else queued[job_id]), f"job {job_id}"
+    if state == "missing" and not job_id:
+        return "missing", "never submitted"
+    log = run_dir / LOG_FILE
+    detail = str(log) if log.is_file() else str(record.get("log", run_dir))
+    if state in ("missing", "running"):  # the job left the queue without a final status: cancelled or killed
+        return "failed", f"job {job_id} ended ({state}); log {detail}"
+    return state, f"job {job_id}; log {detail}" if job_id else f"log {detail}"
+
+
+def _executor(run_dir: Path, settings: SlurmSettings, name: str, dependency: Optional[str]):
+    import submitit  # here: the local runner never needs it
+
+    executor = submitit.SlurmExecutor(folder=str(run_dir / SUBMITIT_DIR / "%j"), max_num_timeout=0)
+    extra: dict[str, object] = {"signal": f"TERM@{settings.lead_s}", "requeue": True}
+    if dependency:
+        extra["dependency"] = f"afterany:{dependency}"
+    extra.update(settings.extra_parameters())
+    executor.update_parameters(job_name=name, time=settings.time, cpus_per_task=settings.cpus, ntasks_per_node=1,
+                               nodes=1, signal_delay_s=settings.lead_s, additional_parameters=extra,
+                               **({"partition": settings.partition} if settings.partition else {}),
+                               **({"gpus_per_node": settings.gpus} if settings.gpus else {}))
+    return executor
+
+
+def submit_grid(jobs: list[Job], recipe: Recipe, store: RunStore, settings: SlurmSettings
+                ) -> dict[str, tuple[str, str]]:
+    """Submit every run of `jobs` that is neither complete nor queued, students after their teachers; returns
+    {job key: (what happened: "submitted" | "complete" | "pending" | "running", job id or "")}."""
+    check_jobs(jobs, recipe, store)  # a bad row stops the grid before anything is submitted
+    queued = queue()
+    ids: dict[str, str] = {}  # job key -> the queued/submitted job its students wait for
+    out: dict[str, tuple[str, str]] = {}
+    for job in sorted(jobs, key=lambda j: j.stage != "teacher"):  # teachers first: students need their ids
+        state, detail = run_status(job, store, queued)
+        if state == "complete":
+            out[job.key] = ("complete", "")
+            say(f"[slurm] {job.key}: complete, not submitted")
+            continue
+        if state in ("pending", "running"):
+            job_id = detail.split()[-1]
+            ids[job.key] = job_id
+            out[job.key] = (state, job_id)
+            say(f"[slurm] {job.key}: {state} (job {job_id}), not submitted again")
+            continue
+        run_dir = store.dir(job)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dependency = ids.get(job.teacher.key) if job.teacher is not None else None
+        submitted = _executor(run_dir, settings, job.key, dependency).submit(SlurmRun(job, recipe, store.root))
+        ids[job.key] = submitted.job_id
+        atomic_write_json(run_dir / SLURM_FILE, {"job_id": submitted.job_id, "submitted": time.time(),
+                                                 "after": dependency, "log": str(submitted.paths.stdout)})
+        out[job.key] = ("submitted", submitted.job_id)
+        say(f"[slurm] {job.key}: submitted job {submitted.job_id}"
+            + (f" (after job {dependency})" if dependency else "") + f" ({state} before)")
+    return out
+
+
+def release_requeued(job_ids: set[str]) -> None:
+    """Slurm holds a requeued job back for about two minutes (its BeginTime); a grid being waited for lets its own
+    requeued jobs start at once."""
+    listing = subprocess.run(["squeue", "-h", "-o", "%i|%r"], capture_output=True, text=True).stdout
+    for job_id, _, reason in (line.partition("|") for line in listing.split()):
+        if job_id in job_ids and reason == "BeginTime":
+            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
+
+
+def wait_grid(job_ids: list[str], poll_s: float = 5.0, jobs: Optional[dict[str, Job]] = None,
+              store: Optional[RunStore] = None) -> bool:
+    """Block until none of `job_ids` is pending or running (a requeued job is pending again), or until one of the
+    runs `jobs` ({job id: job}) has failed; returns False then."""
+    left = set(job_ids)
+    while left:
+        left &= set(queue())
+        release_requeued(left)
+        for job_id, job in (jobs or {}).items():
+            if job_id not in left and store is not None and store.state(job).value == "failed":
+                say(f"[slurm] {job.key} failed: {(store.results(job) or {}).get('error', '')}; not waiting for the rest")
+                return False
+        if left:
+            time.sleep(poll_s)
+    return True
+
+
+def print_status(jobs: list[Job], store: RunStore) -> dict[str, str]:
+    """One line per run (`make tables-status`); returns {job key: state}."""
+    queued: dict[str, str] = {}
+    if shutil.which("squeue"):
+        try:
+            queued = queue()
+        except UserValueError as err:  # LAUNCHER=local users may have Slurm's commands but no Slurm
+            print(f"[status] queue unknown: {err}", flush=True)
+    states = {}
+    for job in jobs:
+        state, detail = run_status(job, store, queued)
+        states[job.key] = state
+        print(f"{state:<11} {job.key}" + (f"  ({detail})" if detail else ""), flush=True)
+    counts = {s: list(states.values()).count(s) for s in dict.fromkeys(states.values())}
+    print("[status] " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
+    return states
+
+
+def add_launcher_options(parser) -> None:
+    """`run`'s launcher options (make's LAUNCHER, SLURM_* and WAIT variables)."""
+    parser.add_argument("--launcher", default="local", choices=("local", "slurm"),
+                        help="local: train here, --jobs at a time; slurm: submit every run as a Slurm job")
+    defaults = SlurmSettings()
+    parser.add_argument("--slurm_partition", default=defaults.partition, help="sbatch --partition (default: the "
+                        "cluster's)")
+    parser.add_argument("--slurm_time", type=int, default=defaults.time, help="time limit per job, minutes")
+    parser.add_argument("--slurm_gpus", type=int, default=None, help="GPUs per job (--gpus-per-node; default "
+                        f"{defaults.gpus} on the synthetic proxy, {SlurmSettings.GPUS_OFF_PROXY} elsewhere)")
+    parser.add_argument("--slurm_cpus", type=int, default=None, help="--cpus-per-task (= the run's threads; default "
+                        f"{defaults.cpus} on the synthetic proxy, {SlurmSettings.CPUS_OFF_PROXY} elsewhere)")
+    parser.add_argument("--slurm_extra", default="", help="raw extra sbatch options, e.g. '--qos=high --account=lab'")
+    parser.add_argument("--slurm_signal_delay", type=int, default=defaults.signal_delay_s,
+                        help="seconds before the time limit the job gets SIGTERM (it checkpoints and stops)")
+    parser.add_argument("--wait", action="store_true", help="slurm: wait for the grid's jobs, then build the tables")
+
+
+def settings_of(ns, proxy: bool) -> SlurmSettings:
+    """make's SLURM_* variables; GPUs and CPUs unset: the dataclass's on the proxy, *_OFF_PROXY elsewhere."""
+    gpus = ns.slurm_gpus if ns.slurm_gpus is not None else (SlurmSettings.gpus if proxy else SlurmSettings.GPUS_OFF_PROXY)
+    cpus = ns.slurm_cpus if ns.slurm_cpus is not None else (SlurmSettings.cpus if proxy else SlurmSettings.CPUS_OFF_PROXY)
+    return SlurmSettings(partition=ns.slurm_partition or "", time=ns.slurm_time, gpus=gpus, cpus=cpus,
+                         extra=ns.slurm_extra or "", signal_delay_s=ns.slurm_signal_delay)
+
+
+def dry_run(jobs_by_seed: dict[int, list[Job]], recipe: Recipe, store: RunStore, settings: SlurmSettings) -> int:
+    """`--dry-run` with LAUNCHER=slurm: what would be submitted, with which sbatch settings; nothing is."""
+    for seed, jobs in jobs_by_seed.items():
+        check_jobs(jobs, recipe, store)
+        for job in jobs:
+            print(f"[slurm] would submit {job.key} ({settings.time} min, {settings.cpus} CPUs, {settings.gpus} GPUs"
+                  + (f", after {job.teacher.key}" if job.teacher is not None else "") + ")", flush=True)
+    return 0
+
+
+def run_grid(jobs_by_seed: dict[int, list[Job]], recipe: Recipe, store: RunStore, settings: SlurmSettings,
+             wait: bool) -> bool:
+    """Submit every seed's runs at once; with `wait`, block until they left the queue. Returns whether the tables
+    should be built now (wait), since without it the runs are still to train."""
+    submitted: list[str] = []
+    by_id: dict[str, Job] = {}
+    for seed, jobs in jobs_by_seed.items():
+        print(f"[slurm] seed {seed}: {len(jobs)} runs", flush=True)
+        keys = {job.key: job for job in jobs}
+        for key, (what, job_id) in submit_grid(jobs, recipe, store, settings).items():
+            if what in ("submitted", "pending", "running"):
+                submitted.append(job_id)
+                by_id[job_id] = keys[key]
+    if not wait:
+        print(f"[slurm] {len(submitted)} jobs queued; `make tables-status` (same variables) says how they are "
+              "doing; rerun this command to resubmit what failed, or `make table-build` once they are done",
+              flush=True)
+        return False
+    print(f"[slurm] waiting for {len(submitted)} jobs", flush=True)
+    return wait_grid(submitted, jobs=by_id, store=store)

@@ -1,0 +1,186 @@
+"""A table as data: teacher rows x student rows x seeds, declared by its manifest `configs/ablations/<table>/table.yaml`.
+
+    title: "Table A: margin δ of the gate"
+    margin_space: true            # the table takes MARGIN_SPACE (its teachers' gate space); logit: id `<table>-logit`
+    teachers:                     # teacher rows, in table order: a row file `<name>.yaml` here (a config overlay on
+      - name: delta_0.1           # the teacher config) and/or `args` (kd-lightning fit arguments); `proxy`: arguments
+        label: "δ = 0.1"          # added on the synthetic proxy only
+    students: [kd]                # method cards (kd_lightning.distillation.registry) by name, or `all` for every one
+
+A student row is a method card: its overlay file, its proxy arguments, and its settings for the recipe's teacher ->
+student pair (`card.pair_settings`), which an explicit `ARGS` value of the same key overrides. A table with one
+student row labels its rows by teacher; with several, each row is "student ← teacher". jsonargparse validates the
+manifest against Manifest, so a misspelt field is an error.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from kd_lightning.exceptions import RowError, UserFileError, UserValueError
+
+
+def _repository_root() -> Path:
+    """Where configs/ lives: $KD_LIGHTNING_ROOT, else the checkout holding this package (an editable install), else
+    the current directory (a `pip install`ed package run from a checkout of the configs)."""
+    if os.environ.get("KD_LIGHTNING_ROOT"):
+        return Path(os.environ["KD_LIGHTNING_ROOT"]).resolve()
+    checkout = Path(__file__).resolve().parents[3]
+    return checkout if (checkout / "configs" / "ablations").is_dir() else Path.cwd()
+
+
+ROOT = _repository_root()
+ABLATIONS = ROOT / "configs" / "ablations"
+MANIFEST = "table.yaml"
+MARGIN_SPACES = ("prob", "logit")
+ALL_METHODS = "all"
+
+
+@dataclass
+class RowSpec:
+    """One teacher row of a manifest: `<name>.yaml` beside it (if present), then `args`, then on the proxy `proxy`."""
+
+    name: str
+    label: str
+    args: list[str] = field(default_factory=list)
+    proxy: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    title: str
+    teachers: list[RowSpec]
+    students: Union[str, list[str]] = field(default_factory=lambda: ["kd"])
+    margin_space: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    """One axis entry: a teacher row (a config overlay) or a student row (a method card)."""
+
+    name: str
+    label: str
+    args: tuple[str, ...] = ()  # kd-lightning fit arguments (config files relative to ROOT)
+    proxy: tuple[str, ...] = ()
+    card: object = field(default=None, compare=False, repr=False)
+
+    def config_args(self, proxy: bool) -> list[str]:
+        return list(self.args) + (list(self.proxy) if proxy else [])
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    teachers: tuple[Row, ...]
+    students: tuple[Row, ...]
+    margin_space: bool = False
+    space: str = "prob"
+
+    @property
+    def id(self) -> str:
+        """The name of its results files: the table's name, with `-<space>` off the default margin space."""
+        return self.name if self.space == MARGIN_SPACES[0] else f"{self.name}-{self.space}"
+
+    @property
+    def heading(self) -> str:
+        spaces = {"prob": "probability space", "logit": "logit space"}
+        return self.title + (f", {spaces[self.space]}" if self.margin_space else "")
+
+
+def _read_manifest(path: Path) -> Manifest:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Manifest, fail_untyped=True)
+    try:
+        ns = parser.parse_path(str(path))
+    except Exception as err:  # jsonargparse reports schema errors as ArgumentError, a bad YAML file as others
+        from kd_lightning.ablations.grid.identity import summary
+
+        raise RowError(f"{path}: {summary(str(err))}; a manifest has `title:`, `teachers:` (each `name:`, `label:`, "
+                       "optional `args:` and `proxy:`), `students:` and optional `margin_space:`") from None
+    teachers = [RowSpec(**vars(t)) if not isinstance(t, RowSpec) else t for t in ns.teachers]
+    return Manifest(ns.title, teachers, ns.students, ns.margin_space)
+
+
+def _student_rows(manifest: Manifest, path: Path) -> tuple[Row, ...]:
+    from kd_lightning.distillation.registry import method_cards
+
+    cards = {card.name: card for card in method_cards()}
+    names = list(cards) if manifest.students == ALL_METHODS else manifest.students
+    if isinstance(names, str) or not names:
+        raise RowError(f"{path}: students must be `{ALL_METHODS}` or a list of method names ({', '.join(cards)})")
+    unknown = [n for n in names if n not in cards]
+    if unknown:
+        raise RowError(f"{path}: no distillation method named {', '.join(unknown)}; known: {', '.join(cards)}")
+    return tuple(card_row(cards[n]) for n in names)
+
+
+def card_row(card) -> Row:
+    """A method card as a student row: its overlay file, then on the proxy its proxy arguments."""
+    return Row(card.name, card.label, ("--config", card.overlay) if card.overlay else (), tuple(card.proxy_args), card)
+
+
+def load_table(name: str, space: str = "prob", root: Path | str = ABLATIONS) -> Table:
+    folder = Path(root) / name
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise UserValueError(f"unknown table {name!r}: no {path}; the tables are {', '.join(table_names(root))}")
+    if space not in MARGIN_SPACES:
+        raise UserValueError(f"MARGIN_SPACE must be one of {', '.join(MARGIN_SPACES)}, got {space!r}")
+    manifest = _read_manifest(path)
+    names = [t.name for t in manifest.teachers]
+    files = {p.stem for p in folder.glob("*.yaml") if p.name != MANIFEST}
+    if sorted(files - set(names)) or len(set(names)) != len(names):
+        raise RowError(f"{path}: every row file must be listed once as a teacher row; unlisted: "
+                       f"{', '.join(sorted(files - set(names))) or '-'}; listed twice: "
+                       f"{', '.join(sorted({n for n in names if names.count(n) > 1})) or '-'}")
+    teachers = []
+    for spec in manifest.teachers:
+        own = folder / f"{spec.name}.yaml"
+        args = (["--config", rel(own)] if own.is_file() else []) + list(spec.args)
+        teachers.append(Row(spec.name, spec.label, tuple(args), tuple(spec.proxy)))
+    used_space = space if manifest.margin_space else MARGIN_SPACES[0]
+    return Table(name, manifest.title, tuple(teachers), _student_rows(manifest, path), manifest.margin_space,
+                 used_space)
+
+
+def table_names(root: Path | str = ABLATIONS) -> list[str]:
+    """Every table with a manifest, in the order of their titles ("Table A", "Table B", ...)."""
+    found = [p.parent.name for p in Path(root).glob(f"*/{MANIFEST}")]
+    return sorted(found, key=lambda n: _read_manifest(Path(root) / n / MANIFEST).title)
+
+
+def tables_of(names: list[str], space: str = "prob", root: Path | str = ABLATIONS) -> list[Table]:
+    """`names` (or ["all"]) as tables; an unknown name is one error listing the tables."""
+    known = table_names(root)
+    names = known if names == ["all"] else names
+    for name in names:
+        if name not in known:
+            raise UserValueError(f"unknown table {name!r}; the tables are {', '.join(known)} (or all)")
+    return [load_table(name, space, root) for name in names]
+
+
+def table_of_id(tid: str, root: Path | str = ABLATIONS) -> Table:
+    """The table a results file id names (`margin`, `margin-logit`)."""
+    name, _, space = tid.partition("-")
+    return load_table(name, space or MARGIN_SPACES[0], root)
+
+
+def rel(path: Path) -> str:
+    """A config path as written in commands: relative to the repository root (commands run there)."""
+    try:
+        return str(Path(path).relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def find_backbone(name: Optional[str]) -> None:
+    """Nothing when `name` is a known backbone; else one error listing them (PAIR is checked before any run)."""
+    from kd_lightning.models import MODEL_NAMES
+
+    if name is not None and name not in MODEL_NAMES and "." not in name:  # a dotted name: a user's own class path
+        raise UserValueError(f"PAIR names backbone {name!r}, which does not exist; known: {', '.join(MODEL_NAMES)}")

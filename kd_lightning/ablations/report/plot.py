@@ -1,0 +1,107 @@
+"""The picture of an ablation table (results/<table>.png): accuracy and loss per row with error bars (sample std
+over seeds), the paired difference of the student's accuracy to the plain CE teacher row with its 95% interval, the
+open-gate fraction per epoch, and the teacher's R = D_intra / D_inter. Matplotlib with the Agg backend."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+from kd_lightning.ablations.report.collect import RowResult
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"teacher": "#4c72b0", "student": "#dd8452"}
+
+
+def _bars(ax, rows: list[RowResult], section: str, key: str, scale: float, stages=("teacher", "student"),
+          best_markers: bool = False) -> None:
+    width = 0.8 / len(stages)
+    labelled: set[str] = set()
+
+    def label(name: str) -> str | None:
+        if name in labelled:
+            return None
+        labelled.add(name)
+        return name
+
+    for j, stage in enumerate(stages):
+        for i, r in enumerate(rows):
+            x = i + (j - (len(stages) - 1) / 2) * width
+            result = r.stages[stage]
+            stat = result.stat(section, key)
+            if stat.mean is None:
+                # Not a number: say why, at the bar's place, instead of drawing a zero.
+                ax.text(x, 0, result.status if not result.complete_seeds else "n/a", rotation=90, ha="center",
+                        va="bottom", fontsize=7, color="crimson")
+                continue
+            yerr = None if stat.std is None else stat.std * scale
+            ax.bar(x, stat.mean * scale, width, yerr=yerr, capsize=3, color=COLORS[stage], label=label(stage))
+            best = result.stat("best", key)
+            if best_markers and best.mean is not None:
+                ax.plot(x, best.mean * scale, marker="_", markersize=14, color="black", label=label("best epoch"))
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=8)
+
+
+def _differences(ax, rows: list[RowResult]) -> None:
+    """Student accuracy minus the plain CE teacher row's, seed by seed: mean and 95% Student-t interval."""
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_title("student acc (last) − its plain CE teacher row: mean, 95% interval", fontsize=9)
+    ax.set_ylabel("paired difference (points)")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    for i, r in enumerate(rows):
+        if r.base is None:
+            ax.text(i, 0, "baseline", ha="center", va="bottom", fontsize=7)
+            continue
+        d = r.difference(r.base, "student", "last", "test/acc")
+        if d.mean is None:
+            continue
+        interval = d.interval
+        if interval is None:
+            ax.plot(i, 100 * d.mean, "o", color=COLORS["student"])
+            ax.text(i, 100 * d.mean, " 1 seed", fontsize=7, va="center")
+            continue
+        err = [[100 * (d.mean - interval[0])], [100 * (interval[1] - d.mean)]]
+        ax.errorbar(i, 100 * d.mean, yerr=err, fmt="o", capsize=4,
+                    color="crimson" if d.significant else COLORS["student"])
+
+
+def plot(rows: list[RowResult], title: str, info: dict[str, str]) -> bytes:
+    fig, axes = plt.subplots(1, 5, figsize=(23, 4.8))
+    _bars(axes[0], rows, "last", "test/acc", 100.0, best_markers=True)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_title("test accuracy, last epoch (bars) and best epoch (—)", fontsize=9)
+    _bars(axes[1], rows, "last", "test/loss", 1.0)
+    axes[1].set_ylabel("test loss (CE)")
+    axes[1].set_title("test loss, last epoch", fontsize=9)
+    for ax in axes[:2]:
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.18)  # head room for the legend above the bars
+        if ax.get_legend_handles_labels()[0]:  # a table with no such rows draws none (and matplotlib would warn)
+            ax.legend(fontsize=7, loc="upper center", ncol=3)
+    ax = axes[2]
+    for r in rows:
+        series = r.stages["teacher"].per_epoch("train/gate_open")
+        if series:
+            ax.plot(range(len(series)), [None if v is None else 100 * v for v in series], marker="o", markersize=3,
+                    label=r.label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("open gates (% of training rows)")
+    ax.set_title("teacher: open-gate fraction per epoch (mean over seeds)", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    _bars(axes[3], rows, "last", "test/ratio", 1.0, stages=("teacher",))
+    axes[3].set_ylabel("R = D_intra / D_inter")
+    axes[3].set_title("teacher test-set geometry, last epoch", fontsize=9)
+    _differences(axes[4], rows)
+    seeds = info.get("seeds", "").split(" (")[0]
+    subtitle = f"{info.get('pair', '')}; epochs: {info.get('epochs', '')}; seeds: {seeds}"
+    fig.suptitle(f"{title}\n{subtitle}", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

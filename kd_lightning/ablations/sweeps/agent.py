@@ -1,0 +1,304 @@
+"""W&B sweeps of the ablation tables: the program a sweep agent runs, and the writer of configs/sweeps/<table>.yaml.
+
+    wandb sweep configs/sweeps/margin.yaml          # prints the sweep id
+    wandb agent <entity>/<project>/<sweep id>       # from the repository root, with .venv activated
+
+Each agent run is one row of the table: the teacher with the swept values, then the student distilled from it, both
+through the runner (grid/local.py; the same run folders as `make table-<name>`, so a run that make or another agent
+finished, for this table or another that shares it, is not trained again). The agent's W&B run gets the student's test accuracy as the sweep metric (`student/test_acc`,
+last-epoch weights) beside the other numbers of the row; the teacher and student runs log to W&B themselves, grouped
+by row. The agent runs
+
+    /usr/bin/env python -m kd_lightning.ablations sweep --table=margin --data=synthetic ... --seed_everything=0 --model.X=...
+
+where everything before the agent's arguments is fixed by the sweep file, and the agent's arguments (CLI dotted keys)
+come after the table's configs in the teacher's `kd-lightning fit` command, so the swept values win.
+
+The sweep files are written from the rows (one source of truth): `python -m kd_lightning.ablations sweep --write`
+(make sweeps).
+A table with several student rows (Table D) sweeps `teacher` and `student`, the names of its rows. A table whose
+teacher rows each change one and the same key sweeps that key (`model.contrastive_weight`, `model.objective`);
+a table whose rows change different keys (Table A: δ, and λ = 0 for its plain-CE row) sweeps `model.init_args` with
+each row's changes as a YAML mapping, e.g. `--model.init_args={gate_delta: 0.1}`. None is written `null`: the agent
+formats values with Python's str(), and jsonargparse reads `None` as a string.
+The file's `program` names this package's entry point; the `command` runs it as a module (`python -m`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from kd_lightning.ablations.grid.local import job_command, run_job
+from kd_lightning.ablations.grid.recipe import Recipe, parse_pair
+from kd_lightning.ablations.grid.runs import Job, student_job, table_teachers, teacher_config, teacher_job, teacher_run
+from kd_lightning.ablations.grid.spec import ABLATIONS, ROOT, Row, Table, load_table, table_names
+from kd_lightning.ablations.grid.store import RunState, RunStore
+from kd_lightning.error_report import report_user_errors
+from kd_lightning.exceptions import RowError, UserValueError
+
+SWEEPS = ROOT / "configs" / "sweeps"
+PROGRAM = "kd_lightning/ablations/__main__.py"
+MODULE = ["-m", "kd_lightning.ablations", "sweep"]
+METRIC = "student/test_acc"
+PROJECT = "kd-lightning"
+EXIT_FAILED = 3
+#: The numbers of a row that the agent's W&B run gets, per stage and for the last and the best epoch.
+SUMMARY_METRICS = ("test/acc", "test/loss", "test/d_intra", "test/d_inter", "test/ratio", "train/gate_open",
+                   "test/soft_intra_var", "test/soft_nontarget_mass", "test/soft_entropy")
+
+
+# --- rows -> sweep parameters ---------------------------------------------------------------------------------------
+def model_overrides(row: Row) -> dict[str, Any]:
+    """A teacher row's changes to `model.init_args`, as its row file writes them; `{class_path: X}` becomes X."""
+    from jsonargparse import get_loader
+
+    out: dict[str, Any] = {}
+    for flag, path in zip(row.args, row.args[1:]):
+        if flag != "--config":
+            continue
+        overlay = get_loader("yaml")((ROOT / path).read_text()) or {}
+        model = overlay.get("model") or {}
+        if set(overlay) - {"model"} or set(model) - {"init_args"}:
+            raise RowError(f"{path}: a row may only change model.init_args; put other settings in the proxy or "
+                           "data configs")
+        for key, value in (model.get("init_args") or {}).items():
+            out[key] = value["class_path"] if isinstance(value, dict) and set(value) == {"class_path"} else value
+    return out
+
+
+def sweep_parameters(table: Table) -> dict[str, list[Any]]:
+    """The swept parameters that walk a table's rows: {CLI dotted key or program option: values, in row order}.
+
+    Several student rows: `teacher` and `student`, the rows' names. One: the one model key every teacher row
+    changes, or `model.init_args` with each row's changes as a YAML mapping. None is written `null`."""
+    import yaml
+
+    if len(table.students) > 1:
+        return {"teacher": [r.name for r in table.teachers], "student": [r.name for r in table.students]}
+    overrides = [model_overrides(row) for row in table.teachers]
+    keys = {tuple(o) for o in overrides}
+    if len(keys) == 1 and len(next(iter(keys))) == 1:
+        (key,) = next(iter(keys))
+        name, values = f"model.{key}", ["null" if o[key] is None else o[key] for o in overrides]
+    else:
+        name = "model.init_args"
+        values = [yaml.safe_dump(o, default_flow_style=True, width=10**6, sort_keys=True).strip() for o in overrides]
+    if len({json.dumps(v) for v in values}) != len(values):
+        raise UserValueError(f"two rows of table {table.name!r} give the same {name}: {values}")
+    return {name: values}
+
+
+def row_for_args(table: Table, swept: dict[str, str], recipe: Optional[Recipe] = None) -> Optional[Row]:
+    """The teacher row whose sweep value the agent passed, or None for a value that is no row of the table. Values
+    are compared as the CLI's parser resolves them (W&B may send 0.0 back as 0, an agent writes 1e-05)."""
+    (name,) = sweep_parameters(table)
+    if name not in swept:
+        return None
+    recipe = recipe or Recipe()
+    extra = [f"--model.gate_space={table.space}"] if table.space != "prob" else []
+    given = teacher_config(recipe, extra + [f"--{name}={swept[name]}"], f"sweep argument --{name}={swept[name]}")
+    for row in table.teachers:
+        if teacher_config(recipe, extra + row.config_args(recipe.proxy), row.name) == given:
+            return row
+    return None
+
+
+def sweep_config(table: Table, seeds: list[int], data: str = "synthetic", fixed: Optional[list[str]] = None) -> dict:
+    """The sweep of one table; `fixed` are more of the program's own options (--pair=..., --epochs=...)."""
+    return {
+        "program": PROGRAM,
+        "name": f"kd-lightning {table.name} table ({data})",
+        "project": PROJECT,
+        "method": "grid",
+        "metric": {"name": METRIC, "goal": "maximize"},
+        "parameters": {"seed_everything": {"values": list(seeds)},
+                       **{k: {"values": v} for k, v in sweep_parameters(table).items()}},
+        "command": ["${env}", "${interpreter}", *MODULE, f"--table={table.name}", f"--data={data}", *(fixed or []),
+                    "${args}"],
+    }
+
+
+def sweep_text(table: Table, seeds: list[int], data: str = "synthetic", fixed: Optional[list[str]] = None) -> str:
+    import yaml
+
+    rows = table.students if len(table.students) > 1 else table.teachers
+    header = [
+        f"# W&B sweep of the {table.name} table: one agent run per row and seed (the teacher, then its student).",
+        f"# Written by `make sweeps` (python -m kd_lightning.ablations sweep --write) from configs/ablations/"
+        f"{table.name}/:",
+        "# edit the rows, not this file. Run it from the repository root with the venv active (agents run `python`):",
+        f"#   wandb sweep configs/sweeps/{table.name}.yaml && wandb agent <entity>/<project>/<sweep id>",
+        "# Full scale: python -m kd_lightning.ablations sweep --write --data=cifar100 --seeds 0 1 2 [--pair=T->S",
+        "# --epochs=N --devices=N] --out=<folder> writes these sweeps with those arguments fixed before ${args}.",
+        "# Rows: " + "; ".join(f"{r.name} = {r.label}" for r in rows),
+    ]
+    body = yaml.safe_dump(sweep_config(table, seeds, data, fixed), sort_keys=False, allow_unicode=True, width=120)
+    return "\n".join(header) + "\n" + body
+
+
+def write_sweeps(seeds: list[int], out: Path = SWEEPS, data: str = "synthetic", fixed: Optional[list[str]] = None,
+                 ablations: Path = ABLATIONS) -> list[Path]:
+    from kd_lightning.utils.atomic import atomic_write_text
+
+    paths = []
+    for name in table_names(ablations):
+        path = out / f"{name}.yaml"
+        atomic_write_text(path, sweep_text(load_table(name, root=ablations), seeds, data, fixed))
+        paths.append(path)
+    return paths
+
+
+# --- the agent's program ---------------------------------------------------------------------------------------------
+def parse_swept(extra: list[str]) -> dict[str, str]:
+    """The agent's `--dotted.key=value` arguments as {key: value} (values as the agent wrote them)."""
+    swept = {}
+    for arg in extra:
+        match = re.fullmatch(r"--([A-Za-z_][\w.]*)=(.*)", arg, flags=re.S)
+        if not match:
+            raise UserValueError(f"sweep arguments must look like --dotted.key=value, got {arg!r}")
+        swept[match.group(1)] = match.group(2)
+    return swept
+
+
+def print_configs(recipe: Recipe, jobs: list[Job], store: RunStore, which: str = "both") -> int:
+    """`--print_config[=teacher|student|both]`: the resolved configs of this agent run's runs, one YAML document each
+    (teacher first), each printed by a `kd-lightning fit --print_config` child run in the repository root."""
+    chosen = jobs if which == "both" else [jobs[0] if which == "teacher" else jobs[1]]
+    for i, job in enumerate(chosen):
+        if i:
+            print("---", flush=True)
+        code = subprocess.run(job_command(job, recipe, store) + ["--print_config"], cwd=ROOT).returncode
+        if code:
+            return code
+    return 0
+
+
+def summary_of(jobs: list[Job], store: RunStore) -> dict[str, Any]:
+    """The row's numbers for the agent's W&B run (student/test_acc is the sweep metric)."""
+    out: dict[str, Any] = {}
+    for job in jobs:
+        results = store.results(job) or {}
+        out[f"{job.stage}/status"] = RunState.of(results or None).value
+        for which, suffix in (("last", ""), ("best", "_best")):
+            section = results.get(which) or {}
+            for metric in SUMMARY_METRICS:
+                if section.get(metric) is not None:
+                    out[f"{job.stage}/{metric.replace('/', '_', 1)}{suffix}"] = section[metric]
+    return out
+
+
+def agent_run(recipe: Recipe, jobs: list[Job], store: RunStore, config: dict[str, Any]) -> int:
+    import wandb
+
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), job_type="sweep-row")
+    run.config.update(config, allow_val_change=True)
+    state = RunState.COMPLETE.value
+    try:
+        for job in jobs:
+            state = run_job(job, recipe, store)
+            if state != RunState.COMPLETE.value:
+                break
+        summary = summary_of(jobs, store)
+        run.log(summary)
+        run.summary.update(summary)
+        print(json.dumps(summary, sort_keys=True), flush=True)
+    finally:
+        run.finish(exit_code=0 if state == RunState.COMPLETE.value else 1)
+    return 0 if state == RunState.COMPLETE.value else EXIT_FAILED
+
+
+def agent_jobs(table: Table, recipe: Recipe, swept: dict[str, str], extra: list[str], seed: int
+               ) -> tuple[Optional[Row], list[Job]]:
+    """(teacher row, [teacher job, student job]) of one agent run."""
+    if len(table.students) > 1:  # `--teacher=<row> --student=<row>`
+        teachers = {row.name: run for row, run in table_teachers(recipe, table)}
+        students = {row.name: row for row in table.students}
+        if swept.get("teacher") not in teachers or swept.get("student") not in students:
+            raise UserValueError(f"table {table.name}'s sweep passes --teacher={'|'.join(teachers)} and --student="
+                                 f"{'|'.join(students)}; got {swept}")
+        teacher = teacher_job(recipe, teachers[swept["teacher"]], seed)
+        row = next(r for r in table.teachers if r.name == swept["teacher"])
+        return row, [teacher, student_job(recipe, teacher, seed, students[swept["student"]])]
+    run = teacher_run(recipe, extra, table.space, source=f"sweep arguments {' '.join(extra)}")
+    teacher = teacher_job(recipe, run, seed)
+    return row_for_args(table, swept, recipe), [teacher, student_job(recipe, teacher, seed, table.students[0])]
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """The table-wide settings (make's variables), shared by the runner's commands and the sweep program."""
+    parser.add_argument("--data", default="synthetic", help="synthetic | cifar100 | tiny_imagenet")
+    parser.add_argument("--pair", default="", help="TEACHER->STUDENT backbones (default: the data set's)")
+    parser.add_argument("--epochs", default="", help="trainer.max_epochs of every run (default: the configs')")
+    parser.add_argument("--devices", default="", help="trainer.devices; N > 1 adds --trainer.strategy=ddp")
+    parser.add_argument("--args", default="", help="extra kd-lightning arguments for every run (one shell string)")
+    parser.add_argument("--student_args", default="", help="extra arguments for the students only (a method's "
+                        "setting: it wins over the method card's setting for the pair)")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "ablations"), help="root folder of the runs")
+    parser.add_argument("--ablations", default=str(ABLATIONS), help="folder of the tables (configs/ablations)")
+
+
+def recipe_of(ns: argparse.Namespace) -> Recipe:
+    if ns.epochs and not str(ns.epochs).isdigit():
+        raise UserValueError(f"EPOCHS must be a whole number, got {ns.epochs!r}")
+    def words(name: str, text: str) -> list[str]:
+        try:
+            return shlex.split(text or "")
+        except ValueError as err:
+            raise UserValueError(f"{name} is not a valid shell string ({err}): {text!r}") from None
+
+    return Recipe(data=ns.data, pair=parse_pair(ns.pair), epochs=int(ns.epochs) if ns.epochs else None,
+                  devices=ns.devices or None, extra=words("ARGS", ns.args),
+                  student_extra=words("STUDENT_ARGS", getattr(ns, "student_args", "")))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kd_lightning.ablations sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--write", action="store_true", help="write configs/sweeps/<table>.yaml from the tables "
+                        "(with --data, --pair, --epochs, --devices, --args fixed in their command)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --write: the seed_everything values")
+    parser.add_argument("--out", default=str(SWEEPS), help="with --write: the folder of the sweep files")
+    parser.add_argument("--table")
+    parser.add_argument("--margin_space", default="prob", choices=("prob", "logit"))
+    parser.add_argument("--seed_everything", type=int, default=0)
+    parser.add_argument("--print_config", nargs="?", const="both", choices=("teacher", "student", "both"),
+                        help="print the teacher's and the student's configs (or one of them), run nothing")
+    add_recipe_options(parser)
+    ns, extra = parser.parse_known_args(argv)
+    try:
+        with report_user_errors("sweep", code=2):
+            return _main(parser, ns, extra)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+def _main(parser: argparse.ArgumentParser, ns: argparse.Namespace, extra: list[str]) -> int:
+    if ns.write:
+        fixed = [f"--{name}={getattr(ns, name)}" for name in ("pair", "epochs", "devices", "args", "student_args")
+                 if getattr(ns, name)]
+        fixed += [f"--margin_space={ns.margin_space}"] if ns.margin_space != "prob" else []
+        for path in write_sweeps(ns.seeds, Path(ns.out), ns.data, fixed, Path(ns.ablations)):
+            print(f"wrote {path}")
+        return 0
+    if not ns.table:
+        parser.error("--table is required (or --write)")
+    table = load_table(ns.table, ns.margin_space, Path(ns.ablations))
+    recipe, store = recipe_of(ns), RunStore(ns.runs)
+    row, jobs = agent_jobs(table, recipe, parse_swept(extra), extra, ns.seed_everything)
+    if ns.print_config:
+        return print_configs(recipe, jobs, store, ns.print_config)
+    config = {"row": row.name if row else None, "row_label": row.label if row else None, "table": ns.table,
+              "margin_space": ns.margin_space, "run": jobs[0].name, "data": ns.data,
+              **{f"row.{k}": v for k, v in (model_overrides(row) if row else {}).items()}}
+    return agent_run(recipe, jobs, store, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
