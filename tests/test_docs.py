@@ -590,3 +590,11 @@ def test_readme_method_table_is_the_cards():
 
 def test_readme_is_a_first_hour_read():
     assert len((ROOT / "README.md").read_bytes()) < 10_000
+
+
+def test_development_tree_matches_the_package():
+    """docs/development.md lists every file of kd_lightning/ablations/, one line each, and no file that is gone."""
+    text = (ROOT / "docs" / "development.md").read_text()
+    listed = set(re.findall(r"^(kd_lightning/ablations/\S+\.py) ", text, flags=re.M))
+    present = {p.relative_to(ROOT).as_posix() for p in (ROOT / "kd_lightning" / "ablations").rglob("*.py")}
+    assert listed == present, (sorted(present - listed), sorted(listed - present))

@@ -199,7 +199,10 @@ def _train(job: Job, recipe: Recipe, store: RunStore, expected: dict, lock_fd: O
         store.write_recipe(job, command[1:], expected)
     code = launcher(command, env, run_dir / LOG_FILE, f"[{job.key}]", lock_fd)
     final = store.state(job)
-    if final == RunState.INTERRUPTED:
+    # Stopped by SIGTERM (a time limit, scancel, a preemption): interrupted, not failed. Slurm signals every process
+    # of the job and the launcher forwards the signal too, so a second SIGTERM can end the fit (-15) before it has
+    # written "interrupted"; its last.ckpt is intact either way and the run resumes from it.
+    if final == RunState.INTERRUPTED or code in (-signal.SIGTERM, 128 + signal.SIGTERM):
         raise KeyboardInterrupt
     if code != 0 or final != RunState.COMPLETE:
         store.record_failure(job, f"kd-lightning exited with code {code}; its output is in {run_dir / LOG_FILE}")
