@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 
-from conftest import ROOT, read_results, run_cli, teacher_args
-from kd_lightning.cli import main
+from conftest import ROOT, main_in_process, read_results, run_cli, teacher_args
 from kd_lightning.utils.run_folder import changed_keys, default_run_dir, flatten
 
 ONE_EPOCH = ["--trainer.max_epochs=1"]
@@ -25,14 +24,7 @@ def fit(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
     """`kd-lightning ARGS` in this process: (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", sys.argv[:1])  # the CLI parses `args` only, not pytest's flags
     monkeypatch.setenv("WANDB_MODE", "offline")
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return main_in_process(args, capsys)
 
 
 def hold_lock(run_dir: Path, seconds: float) -> subprocess.Popen:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_DATA
-from kd_lightning.cli import main
+from conftest import TINY_DATA, main_in_process
 from kd_lightning.utils import wandb_setup
 from kd_lightning.utils.wandb_setup import api_key, credentials_configured
 
@@ -43,21 +42,10 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_unreachable_server_means_offline_said_once_and_the_run_completes(online_env, tmp_path, capsys):
     url = f"http://127.0.0.1:{closed_port()}"
     online_env.setenv("WANDB_BASE_URL", url)
-    code, out, err = run(teacher(tmp_path), capsys)
+    code, out, err = main_in_process(teacher(tmp_path), capsys)
     assert code == 0, err
     said = [line for line in (out + err).splitlines() if "cannot be reached" in line]
     assert said == [f"kd-lightning: W&B server {url} cannot be reached (connection refused): this run logs to W&B "
@@ -106,7 +94,7 @@ def test_a_rejected_key_is_one_line_before_anything_trains(online_env, tmp_path,
     url = f"http://127.0.0.1:{server.server_address[1]}"
     online_env.setenv("WANDB_BASE_URL", url)
     try:
-        code, _, err = run(teacher(tmp_path), capsys)
+        code, _, err = main_in_process(teacher(tmp_path), capsys)
     finally:
         server.shutdown()
     assert code == 1 and "Traceback" not in err
