@@ -47,10 +47,19 @@ NOT_NUMERIC = {"test_benchmark_smoke_writes_the_result_file", "test_ddp_run_writ
                "test_cli_refuses_crafted_checkpoint_without_running_it"}
 
 
+#: The slowest files (a real Slurm grid with time-limit requeues, sweep agents, trained grids, DDP), collected first:
+#: `make test` hands whole files to its two workers in collection order, and a long file started last leaves the other
+#: worker idle for minutes (the longest-first rule).
+SLOWEST_FIRST = ("test_slurm.py", "test_sweeps.py", "test_tables.py", "test_ddp.py", "test_errors.py", "test_cli.py",
+                 "test_run_folder.py", "test_resume.py")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if item.path.name in NUMERIC_FILES and getattr(item, "originalname", item.name) not in NOT_NUMERIC:
             item.add_marker(pytest.mark.numeric)
+    rank = {name: k for k, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
 
 
 #: CUDA-only tests: skipped on the CPU with this reason; experiments/gpu_check.sh runs them on a GPU.

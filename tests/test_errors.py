@@ -5,6 +5,7 @@ fixture) because each one pays the ~5 s import of torch and Lightning.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -69,12 +70,16 @@ def _real_data(data_class: str, data_dir: Path, *extra: str) -> list[str]:
             *QUIET, *extra]
 
 
+#: Each case trains into a folder of its own: the cases run two at a time, and a run folder takes one writer (its lock).
+_FOLDERS = itertools.count()
+
+
 def _student(f: dict, *extra: str, teacher=None) -> list[str]:
-    return student_args(f["tmp"] / "student", teacher, *extra, epochs=1)
+    return student_args(f["tmp"] / f"student{next(_FOLDERS)}", teacher, *extra, epochs=1)
 
 
 def _teacher(f: dict, *extra: str) -> list[str]:
-    return teacher_args(f["tmp"] / "teacher", *extra, epochs=1)
+    return teacher_args(f["tmp"] / f"teacher{next(_FOLDERS)}", *extra, epochs=1)
 
 
 CASES: dict[str, Case] = {
