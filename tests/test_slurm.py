@@ -36,8 +36,9 @@ def test_slurm_extra_options_become_sbatch_flags():
         launcher.SlurmSettings(extra="-p debug").extra_parameters()
     with pytest.raises(UserValueError, match="SLURM_CPUS must be >= 1"):
         launcher.SlurmSettings(cpus=0)
-    # The stop signal's lead time fits the limit: 120 s before a 4-hour limit, 20 s before a 1-minute one.
-    assert launcher.SlurmSettings(time=240).lead_s == 120 and launcher.SlurmSettings(time=1).lead_s == 20
+    # The stop signal's lead time fits the limit and Slurm's up-to-60-s-early signal: 120 s before a 4-hour limit,
+    # 40 s before a 5-minute one, 5 s before a 1-minute one.
+    assert [launcher.SlurmSettings(time=t).lead_s for t in (240, 5, 1)] == [120, 40, 5]
 
 
 def test_status_says_how_often_a_run_was_requeued(tmp_path):
@@ -193,9 +194,10 @@ def test_a_cancelled_job_is_resumed_from_its_last_checkpoint_by_the_next_submiss
 
 
 def test_a_time_limit_requeues_the_job_itself_until_the_table_is_complete(slurm, tmp_path):  # noqa: F811
-    """SLURM_TIME=1 (one minute) and runs that need more: each job is told to stop 20 s before its limit, saves its
-    last epoch, requeues itself (same job id: the student's dependency waits) and resumes, until the run is complete;
-    WAIT=1 returns rc 0 with no second submission, and the metrics are the local runner's."""
+    """SLURM_TIME=1 (one minute) and runs that need more: each job is told to stop 5 s before its limit (Slurm may
+    tell it up to 60 s early, so a start can end before its first epoch), saves its last epoch, requeues itself (same
+    job id: the student's dependency waits) and resumes, until the run is complete; WAIT=1 returns rc 0 with no second
+    submission, and the metrics are the local runner's."""
     copy_rows("margin", ("plain_ce",), tmp_path / "ablations")
     common = [f"ABLATIONS={tmp_path / 'ablations'}", f"EPOCHS={LONG_EPOCHS}", f"ARGS={LONG_ARGS}", f"PY={PY}",
               "STATUS=margin"]

@@ -15,12 +15,12 @@ grid again is idempotent:
 
 Queue states come from `squeue` (what is pending or running), and what a finished job did from the run's own
 results.json: no Slurm accounting (sacct/slurmdbd) is needed, which small clusters and the tests' one-node Slurm
-often lack. The time limit: Slurm sends SIGTERM to the job's processes `lead_s` seconds before it (`--signal=TERM@s`,
-a third of the limit at most, so a short job still trains; in place of submitit's USR2, which the `kd-lightning fit`
-child has no handler for), the runner passes it on to the fit, which records "interrupted" with its last epoch's
-last.ckpt, and the job requeues itself (`scontrol requeue`): same job id, so its students' dependency still waits, and
-the requeued job resumes the run. A job that made no new epoch since it started is failed instead of requeued
-forever. A student starts once its teacher's job has ended (`afterany`, not `afterok`: a job whose run completed
+often lack. The time limit: Slurm sends SIGTERM to the job's processes `lead_s` seconds before it (`--signal=TERM@s`;
+Slurm's 30-s event loop may send it up to 60 s earlier, so a short limit asks for a short lead; in place of
+submitit's USR2, which the `kd-lightning fit` child has no handler for), the runner passes it on to the fit, which
+records "interrupted" with its last epoch's last.ckpt, and the job requeues itself (`scontrol requeue`): same job id,
+so its students' dependency still waits, and the requeued job resumes the run. A job whose last `MAX_STALLS` starts
+made no new epoch is failed instead of requeued forever (one start may lose its whole window to that early signal). A student starts once its teacher's job has ended (`afterany`, not `afterok`: a job whose run completed
 may still be ended by its time limit's signal, exit 143) and trains only when its teacher's results.json says
 complete; otherwise it records "failed" (its teacher is not complete) at once, and the next submission submits both.
 """
@@ -43,6 +43,8 @@ from kd_lightning.exceptions import RunTimeLimitError, UserValueError
 from kd_lightning.utils.atomic import atomic_write_json
 
 SLURM_FILE = "slurm.json"
+#: Starts in a row without a new epoch after which a job is failed rather than requeued again.
+MAX_STALLS = 3
 #: submitit's folder inside a run folder: the job script, its pickles and the job's stdout/stderr.
 SUBMITIT_DIR = "slurm"
 #: squeue's states of a job that is still going to run (or running): nothing is submitted for its run.
@@ -76,9 +78,10 @@ class SlurmSettings:
 
     @property
     def lead_s(self) -> int:
-        """When the job is told to stop, in seconds before its limit: signal_delay_s, but at most a third of the
-        limit, so that a 1-minute job still trains for 40 s."""
-        return max(5, min(self.signal_delay_s, self.time * 60 // 3))
+        """When the job is told to stop, in seconds before its limit: signal_delay_s, but on a short limit less, since
+        Slurm may send the signal up to 60 s early (`man sbatch`, --signal): a third of the limit less those 60 s, at
+        least 5 s (a 1-minute job is told 5 s before its end)."""
+        return max(5, min(self.signal_delay_s, self.time * 60 // 3 - 60))
 
     def extra_parameters(self) -> dict[str, object]:
         """SLURM_EXTRA as submitit's additional_parameters: `--key=value`, `--key value` and `--flag`."""
@@ -120,19 +123,20 @@ class SlurmRun:
 
     def requeue(self, store: RunStore, before: int) -> str:
         """At its time limit (the job still RUNNING): put this job back in the queue to resume the run, or fail it when
-        this start made no new epoch."""
+        its last MAX_STALLS starts made no new epoch."""
         job_id, done = os.environ.get("SLURM_JOB_ID", ""), (store.results(self.job) or {}).get("epochs") or 0
         state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
         if state.strip() != "RUNNING":  # cancelled, or requeued from outside (a preemption): not this job's to requeue
             return "interrupted"
-        if done <= before:
-            message = (f"stopped by Slurm with no new epoch since this job started (epoch {done}): give each job "
+        record_path = store.dir(self.job) / SLURM_FILE
+        record = read_json(record_path) or {}
+        stalls = int(record.get("stalls", 0)) + 1 if done <= before else 0
+        if stalls >= MAX_STALLS:
+            message = (f"stopped by Slurm {stalls} times in a row with no new epoch (epoch {done}): give each job "
                        f"more time than one epoch and its start-up (SLURM_TIME)")
             store.record_failure(self.job, message)
             raise RunTimeLimitError(f"{self.job.key}: {message}")
-        record_path = store.dir(self.job) / SLURM_FILE
-        record = read_json(record_path) or {}
-        atomic_write_json(record_path, {**record, "requeues": int(record.get("requeues", 0)) + 1})
+        atomic_write_json(record_path, {**record, "requeues": int(record.get("requeues", 0)) + 1, "stalls": stalls})
         say(f"[slurm] {self.job.key}: stopped at epoch {done}; requeueing job {job_id}")
         # Not checked: a job requeued from outside (a preemption) is already on its way back to the queue.
         subprocess.run(["scontrol", "requeue", job_id], check=False)

@@ -122,13 +122,14 @@ class RunStore:
         return {k for k in _seeds_in(top) if (self.dir(_with_seed(job, k)) / RESULTS_FILE).is_file()}
 
     def record_failure(self, job: "Job", message: str) -> None:
-        """Make results.json say "failed" (keeping what the run wrote, and its own error if it recorded one)."""
+        """Make results.json say "failed" (keeping what the run wrote, and the error of a run that failed by itself;
+        an interrupted run's "SIGTERMException" gives way to `message`)."""
         path = self.dir(job) / RESULTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         results = read_json(path) or {}
         if results.get("status") == "failed" and results.get("error"):
             return
-        results.update(status="failed", error=results.get("error") or message)
+        results.update(status="failed", error=message)
         atomic_write_json(path, results)
 
     def write_recipe(self, job: "Job", command: list[str], expected: dict) -> None:
