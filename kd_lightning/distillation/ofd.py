@@ -22,7 +22,7 @@ from scipy.stats import norm
 from torch import Tensor, nn
 
 from kd_lightning.distillation.base import PREACT, DistillationObjective, Outputs
-from kd_lightning.distillation.registry import MethodCard
+from kd_lightning.distillation.registry import KD_ND, MethodCard, published
 from kd_lightning.models.base import Backbone
 
 #: Below this probability of a negative response the Gaussian margin is unstable: use -3 standard deviations.
@@ -106,6 +106,7 @@ CARD = MethodCard(
     paper="Heo, Kim, Yun, Park, Kwak and Choi, ICCV 2019, A Comprehensive Overhaul of Feature Distillation",
     code="megvii-research/mdistiller mdistiller/distillers/OFD.py, engine/cfg.py OFD (CE 1, FEAT_WEIGHT 0.001, "
          "connector kernel 1), configs/cifar100/ofd.yaml",
-    # mdistiller's README prints no OFD number; the DKD paper's Table 1 does, not transcribed here.
-    published=(),
+    # mdistiller's README prints none; a later paper's README reprints three pairs (its source unstated).
+    published=published(KD_ND, {("resnet56", "resnet20"): 70.98, ("wrn_40_2", "wrn_40_1"): 74.33,
+                                ("resnet32x4", "resnet8x4"): 74.95}, epoch="not stated"),
 )

@@ -138,6 +138,11 @@ REPDISTILLER = ("HobbitLong/RepDistiller README.md, 'Benchmark Results on CIFAR-
 MDISTILLER = ("megvii-research/mdistiller README.md, 'On CIFAR-100' (same architecture), commit "
               "a08d46f10d6102bd6e3f258ca5ac880b020ea259; = Zhao et al., CVPR 2022, Decoupled Knowledge "
               "Distillation, Table 1")
+#: OFD's and ReviewKD's CIFAR-100 numbers as a later paper's README reprints them from the literature (it does not say
+#: from where, nor which epoch); only the pairs it prints are transcribed.
+KD_ND = ("WangYZ1608/Knowledge-Distillation-via-ND README.md, '1.1 CIFAR-100', commit "
+         "916c1d97cf71a5f4c75e2e2b784a0e26a6dfc7e7 (Wang et al., 2023, Improving Knowledge Distillation via "
+         "Regularizing Feature Norm and Direction, reprinting earlier papers)")
 #: The pairs of RepDistiller's table 1 (same architecture), in its column order.
 REPDISTILLER_PAIRS = (("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"),
                       ("resnet110", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
