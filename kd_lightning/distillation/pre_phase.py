@@ -1,0 +1,40 @@
+"""What the methods with a pre-phase share (RepDistiller's `init_epochs`: AB, FSP and FT train connectors or the
+student's features before student training; see `DistillationObjective.pre_phase_epochs`).
+
+AB and FSP are their pre-phase and nothing else: as the CRD benchmark runs them (`-a 0`), student training after it
+is CE alone, so their term is then 0. FT also has a term of its own after its pre-phase, and only shares the check
+of its length.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from kd_lightning.distillation.base import DistillationObjective, Outputs
+from kd_lightning.exceptions import UserValueError
+
+
+def check_init_epochs(init_epochs: int, minimum: int, reason: str = "") -> int:
+    """`init_epochs`, or a ValueError naming it, the bound (and `reason` for it) and a valid example."""
+    if init_epochs < minimum:
+        because = f" ({reason})" if reason else ""
+        raise UserValueError(f"init_epochs must be >= {minimum}{because}, got init_epochs={init_epochs}; use e.g. 30")
+    return init_epochs
+
+
+class PrePhaseOnlyObjective(DistillationObjective):
+    """A term that is all pre-phase: `pre_phase_loss` trains for the first `init_epochs` epochs (at least one, or the
+    method would do nothing), and the term is 0 after it.
+
+    Args:
+        method: the method's label, for the error on a bad `init_epochs` ("AB").
+        init_epochs: the pre-phase in epochs (RepDistiller's --init_epochs: 30).
+    """
+
+    def __init__(self, method: str, init_epochs: int) -> None:
+        super().__init__()
+        self.pre_phase_epochs = check_init_epochs(init_epochs, minimum=1, reason=f"{method} is its pre-phase")
+
+    def distill(self, student: Outputs, teacher: Outputs, labels: Tensor, ids: Tensor) -> Tensor:
+        # Student training after the pre-phase is CE alone, as in the CRD benchmark.
+        return student.logits.new_zeros((), dtype=torch.float32)
