@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from kd_lightning.distillation.base import PREACT, Outputs, check_positive, check_stage_counts
 from kd_lightning.distillation.connectors import conv_regressor
-from kd_lightning.distillation.pre_phase import PrePhaseOnlyObjective
+from kd_lightning.distillation.pre_phase import INIT_EPOCHS_CARD_FIELDS, PrePhaseOnlyObjective
 from kd_lightning.distillation.registry import MethodCard, repdistiller_row
 
 #: The authors' scale of the summed loss (their `loss / 1000 * 3`).
@@ -83,7 +83,5 @@ CARD = MethodCard(
     code="HobbitLong/RepDistiller train_student.py (--distill abound -a 0 -b 1, --init_epochs 30), "
          "distiller_zoo/AB.py, models/util.py Connector, helper/pretrain.py",
     published=repdistiller_row((72.50, 72.38, 69.47, 69.53, 70.98, 73.17, 70.94)),
-    pre_phase_key="model.distillation.init_args.init_epochs",
-    # The 30-epoch pre-phase of a 240-epoch run, scaled to the proxy's 20 epochs (2.5, rounded down).
-    proxy_args=("--model.distillation.init_args.init_epochs=2",),
+    **INIT_EPOCHS_CARD_FIELDS,
 )

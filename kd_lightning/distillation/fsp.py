@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kd_lightning.distillation.base import FEATURES, Outputs, check_stage_counts, match_spatial
-from kd_lightning.distillation.pre_phase import PrePhaseOnlyObjective
+from kd_lightning.distillation.pre_phase import INIT_EPOCHS_CARD_FIELDS, PrePhaseOnlyObjective
 from kd_lightning.distillation.registry import REPDISTILLER, REPDISTILLER_PAIRS, MethodCard, published
 from kd_lightning.exceptions import UserValueError
 
@@ -77,7 +77,5 @@ CARD = MethodCard(
     # RepDistiller prints N/A for wrn_40_2 -> wrn_40_1 (unequal widths); the other six pairs:
     published=published(REPDISTILLER, {pair: top1 for pair, top1 in zip(
         REPDISTILLER_PAIRS, (72.91, None, 69.95, 70.11, 71.89, 72.62, 70.23)) if top1 is not None}),
-    pre_phase_key="model.distillation.init_args.init_epochs",
-    # The 30-epoch pre-phase of a 240-epoch run, scaled to the proxy's 20 epochs (2.5, rounded down).
-    proxy_args=("--model.distillation.init_args.init_epochs=2",),
+    **INIT_EPOCHS_CARD_FIELDS,
 )

@@ -13,6 +13,12 @@ from torch import Tensor
 from kd_lightning.distillation.base import DistillationObjective, Outputs
 from kd_lightning.exceptions import UserValueError
 
+#: The `kd-lightning fit` key of such a method's pre-phase length (its `init_epochs` argument).
+INIT_EPOCHS_KEY = "model.distillation.init_args.init_epochs"
+#: What the cards of these methods say of their pre-phase (MethodCard.pre_phase_key, proxy_args). On the proxy, the
+#: 30-epoch pre-phase of a 240-epoch run is scaled to its 20 epochs (2.5, rounded down).
+INIT_EPOCHS_CARD_FIELDS = {"pre_phase_key": INIT_EPOCHS_KEY, "proxy_args": (f"--{INIT_EPOCHS_KEY}=2",)}
+
 
 def check_init_epochs(init_epochs: int, minimum: int, reason: str = "") -> int:
     """`init_epochs`, or a ValueError naming it, the bound (and `reason` for it) and a valid example."""
