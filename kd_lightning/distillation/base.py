@@ -5,7 +5,8 @@ A term declares what it reads of the two networks (`needs_features`): nothing bu
 (`FEATURES`: the stem and stage outputs of kd_lightning/models/base.py's feature contract) or the intermediates before
 their last ReLU (`PREACT`). The student and the frozen teacher compute exactly that (`network_outputs`); the teacher's
 side is computed in eval mode without gradient. A term that needs a phase before student training (RepDistiller's
-AB, FT and FSP train connectors first) declares its length, `pre_phase_epochs`, and its loss, `pre_phase_loss`.
+AB, FT and FSP train connectors first) declares its length, `pre_phase_epochs`, and its loss, `pre_phase_loss`
+(what they share: pre_phase.py).
 
 Each loss keeps its own tensor signature (`KDLoss()(student_logits, teacher_logits)`, `DKDLoss()(..., labels)`,
 `CRDLoss()(student_pooled, teacher_pooled, ids)`), so it can be used and tested on tensors alone. The student only

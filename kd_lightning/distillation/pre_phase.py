@@ -2,8 +2,8 @@
 student's features before student training; see `DistillationObjective.pre_phase_epochs`).
 
 AB and FSP are their pre-phase and nothing else: as the CRD benchmark runs them (`-a 0`), student training after it
-is CE alone, so their term is then 0. FT also has a term of its own after its pre-phase, and only shares the check
-of its length.
+is CE alone, so their term is then 0. FT has a term of its own after its pre-phase; it shares only the check of its
+length and what its card says of it.
 """
 from __future__ import annotations
 
