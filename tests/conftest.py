@@ -1,4 +1,4 @@
-"""Shared test helpers: run `kd-lightning` as a subprocess on a tiny synthetic set."""
+"""Shared test helpers: run `kd-lightning` as a subprocess on a tiny synthetic set; step a student through epochs."""
 from __future__ import annotations
 
 import json
@@ -110,6 +110,22 @@ def main_in_process(args: list[str], capsys) -> tuple[int, str, str]:
 
 def read_results(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def distillation_ramps(student, epochs: int) -> list[float]:
+    """A StudentModule's distillation ramp (its warm-up factor) at the start of each of the first `epochs` epochs,
+    without a fit: `on_train_epoch_start` reads only the trainer's current epoch, so a stand-in trainer gives it."""
+
+    class Epoch:  # what on_train_epoch_start reads: the trainer's current epoch
+        current_epoch = 0
+
+    ramps = []
+    for epoch in range(epochs):
+        Epoch.current_epoch = epoch
+        student._trainer = Epoch
+        student.on_train_epoch_start()
+        ramps.append(student.distillation_ramp.item())
+    return ramps
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from conftest import distillation_ramps
 from kd_lightning.distillation import DISTLoss, DistillationObjective, DKDLoss, KDLoss, Outputs
 from kd_lightning.modules import StudentModule
 
@@ -189,17 +190,8 @@ def test_warmup_ramps_the_distillation_term_linearly(trained_teacher):
     student = StudentModule(backbone="resnet8", num_classes=5, distillation=DKDLoss(),
                             teacher_checkpoint=str(trained_teacher / "checkpoints" / "last.ckpt"),
                             distillation_warmup_epochs=4)
-
-    class Epoch:  # what on_train_epoch_start reads: the trainer's current epoch
-        current_epoch = 0
-
-    ramps = []
-    for epoch in range(6):
-        Epoch.current_epoch = epoch
-        student._trainer = Epoch  # type: ignore[assignment]
-        student.on_train_epoch_start()
-        ramps.append(student.distillation_ramp.item())
-    assert ramps == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]  # mdistiller: min(epoch / 20, 1) with epochs from 1
+    # mdistiller: min(epoch / 20, 1) with epochs from 1
+    assert distillation_ramps(student, 6) == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
 
 
 def test_student_alone_needs_no_teacher_whatever_the_term():

@@ -8,21 +8,14 @@ delivers it to the row's owner, so on rank r
 
 and for a parameter θ shared by all ranks (the projection below), rank r's local gradient is W · Σ_{rows of r}
 dL/dz · dz/dθ. DDP all-reduces parameter gradients with a mean, (1/W) Σ_r, which gives exactly dL/dθ: the gradient
-one process would compute on the whole global batch. The workers are plain functions in spawned processes (not
-pytest); they write their results to files that the test reads back.
+one process would compute on the whole global batch. The ranks are spawned processes (tests/gloo_ranks.py).
 """
 from __future__ import annotations
 
-import gc
-import os
-import sys
-import traceback
-from pathlib import Path
-
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from gloo_ranks import run_on_ranks
 from kd_lightning.objectives import ClassMemory, IntraClassContrastive, gather_rows
 
 WORLD = 2
@@ -67,21 +60,6 @@ def embed(x, projection):
     return F.normalize(x @ projection, dim=1)
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    """One rank. It ends by tearing its gloo group down completely before the interpreter exits (see `_teardown`)."""
-    out = Path(out_dir)
-    try:
-        if sys.platform.startswith("linux"):
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # stay on loopback: no network needed
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-        torch.save(_gathered_on_this_rank(rank), out / f"rank{rank}.pt")
-    except BaseException:
-        (out / f"rank{rank}.err").write_text(traceback.format_exc())
-        _teardown(wait_for_peers=False)  # a failed peer may never reach the barrier
-        raise
-    _teardown(wait_for_peers=True)
-
-
 def _gathered_on_this_rank(rank: int) -> dict:
     """The gathered rows, the global loss and the gradients on this rank (detached: no autograd graph escapes)."""
     x, projection, labels, ids, gate = global_data()
@@ -111,48 +89,8 @@ def _gathered_on_this_rank(rank: int) -> dict:
     }
 
 
-def _teardown(wait_for_peers: bool) -> None:
-    """Why a rank used to die at exit with `terminate called without an active exception` (about 1 run in 4).
-
-    The autograd all_gather keeps the process group in its graph node, and `retain_grad()` ties the graph into a
-    reference cycle, so `destroy_process_group()` alone only dropped the registry's reference: the ProcessGroupGloo
-    (with its worker threads and the gloo device's event-loop thread) lived on until the cyclic GC, or until
-    interpreter shutdown, where a still-joinable std::thread is destroyed -> std::terminate. And a rank that tore its
-    group down first closed the TCP pairs under a peer still finishing its last collective. So: every rank waits at a
-    barrier (no collective in flight anywhere), the graph is freed (the work was done in a function that returned
-    only detached copies, and gc.collect() breaks the cycle), and then the group is destroyed while Python runs.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    try:
-        if wait_for_peers:
-            dist.barrier()
-    finally:
-        gc.collect()
-        dist.destroy_process_group()
-        gc.collect()
-
-
-def run_workers(tmp_path: Path) -> list[dict]:
-    ctx = torch.multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "init"), str(tmp_path))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.terminate()
-        p.join()
-    errors = [(tmp_path / f"rank{r}.err") for r in range(WORLD)]
-    messages = "\n".join(e.read_text() for e in errors if e.exists())
-    assert not alive, f"workers hung:\n{messages}"
-    assert all(p.exitcode == 0 for p in procs), f"workers failed:\n{messages}"
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-
-
 def test_gather_rows_matches_single_process(tmp_path):
-    results = run_workers(tmp_path)
+    results = run_on_ranks(_gathered_on_this_rank, WORLD, tmp_path)
 
     # The single-process reference: the whole global batch on one process.
     x, projection, labels, ids, gate = global_data()

@@ -4,23 +4,18 @@
 The student gathers the global batch before such a term (`gather_outputs`, kd_lightning/distillation/base.py); the
 gradient relation is the one tests/test_gather.py explains: each rank's rows receive W times the single-process
 gradient, and DDP's mean over ranks of a shared parameter's gradient (CC's heads) is the single-process gradient.
-The methods are found from their cards, not listed. One pair of processes runs them all.
+The methods are found from their cards, not listed. One pair of processes (tests/gloo_ranks.py) runs them all.
 """
 from __future__ import annotations
 
 import importlib
-import os
-import sys
-import traceback
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
+from gloo_ranks import run_on_ranks
 from kd_lightning.distillation.base import Outputs, gather_outputs
 from kd_lightning.distillation.registry import MethodCard, method_cards
-from test_gather import _teardown
 
 pytestmark = pytest.mark.numeric
 
@@ -75,37 +70,15 @@ def loss_and_grads(card: MethodCard, rows: slice, gather: bool) -> dict:
             "param_grads": {k: p.grad.clone() for k, p in term.named_parameters() if p.grad is not None}}
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    out = Path(out_dir)
-    try:
-        if sys.platform.startswith("linux"):
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-        rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
-        torch.save({c.name: loss_and_grads(c, rows, gather=True) for c in RELATING}, out / f"rank{rank}.pt")
-    except BaseException:
-        (out / f"rank{rank}.err").write_text(traceback.format_exc())
-        _teardown(wait_for_peers=False)
-        raise
-    _teardown(wait_for_peers=True)
+def _relating_terms_on_rank(rank: int) -> dict:
+    """Every relating term's loss and gradients on this rank's rows, with the global batch gathered."""
+    rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+    return {c.name: loss_and_grads(c, rows, gather=True) for c in RELATING}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("methods_ddp")
-    ctx = torch.multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp / "init"), str(tmp))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.terminate()
-        p.join()
-    messages = "\n".join(e.read_text() for e in tmp.glob("rank*.err"))
-    assert not alive and all(p.exitcode == 0 for p in procs), f"workers failed or hung:\n{messages}"
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return run_on_ranks(_relating_terms_on_rank, WORLD, tmp_path_factory.mktemp("methods_ddp"), timeout=120)
 
 
 def test_some_methods_relate_the_batch():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 
+from conftest import distillation_ramps
 from kd_lightning.distillation.ft import FTLoss
 from kd_lightning.modules import StudentModule
 
@@ -19,17 +20,7 @@ def student(teacher: Path, **kwargs) -> StudentModule:
 def test_schedule_and_warmup_count_from_the_end_of_the_pre_phase(trained_teacher: Path):
     module = student(trained_teacher, distillation=FTLoss(init_epochs=2), distillation_warmup_epochs=2)
     assert module._schedule["milestones"] == [5, 7]
-
-    class Epoch:
-        current_epoch = 0
-
-    ramps = []
-    for epoch in range(5):
-        Epoch.current_epoch = epoch
-        module._trainer = Epoch  # type: ignore[assignment]
-        module.on_train_epoch_start()
-        ramps.append(module.distillation_ramp.item())
-    assert ramps == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert distillation_ramps(module, 5) == [0.0, 0.0, 0.5, 1.0, 1.0]
     assert student(trained_teacher, distillation=FTLoss(init_epochs=0))._schedule["milestones"] == [3, 5]
 
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kd_lightning.distillation.base import PREACT, DistillationObjective, Outputs, check_positive, check_stage_counts
+from kd_lightning.distillation.base import PREACT, Outputs, check_positive, check_stage_counts
 from kd_lightning.distillation.connectors import conv_regressor
+from kd_lightning.distillation.pre_phase import INIT_EPOCHS_CARD_FIELDS, PrePhaseOnlyObjective
 from kd_lightning.distillation.registry import MethodCard, repdistiller_row
-from kd_lightning.exceptions import UserValueError
 
 #: The authors' scale of the summed loss (their `loss / 1000 * 3`).
 AB_SCALE = 3.0 / 1000.0
@@ -36,7 +36,7 @@ def boundary_loss(student: Tensor, teacher: Tensor, margin: float) -> Tensor:
     return ((student + margin).pow(2) * off + (student - margin).pow(2) * on).sum()
 
 
-class ABLoss(DistillationObjective):
+class ABLoss(PrePhaseOnlyObjective):
     """Activation-boundary pre-phase, then nothing (module docstring).
 
     Args:
@@ -47,12 +47,9 @@ class ABLoss(DistillationObjective):
     needs_features = PREACT
 
     def __init__(self, margin: float = 1.0, init_epochs: int = 30) -> None:
-        super().__init__()
-        self.margin = check_positive("margin", margin, "1.0")
-        if init_epochs < 1:
-            raise UserValueError(f"init_epochs must be >= 1 (AB is its pre-phase), got init_epochs={init_epochs}; "
-                                 "use e.g. 30")
-        self.pre_phase_epochs = init_epochs
+        margin = check_positive("margin", margin, "1.0")
+        super().__init__("AB", init_epochs)
+        self.margin = margin
         self.connectors = nn.ModuleList()
 
     def extra_repr(self) -> str:
@@ -78,10 +75,6 @@ class ABLoss(DistillationObjective):
                 total = total + weight * boundary_loss(connect(s.float()), t.detach().float(), self.margin)
         return total / batch * AB_SCALE
 
-    def distill(self, student: Outputs, teacher: Outputs, labels: Tensor, ids: Tensor) -> Tensor:
-        # Student training after the pre-phase is CE alone, as in the CRD benchmark.
-        return student.logits.new_zeros((), dtype=torch.float32)
-
 
 CARD = MethodCard(
     name="ab", label="AB", order=220, overlay="configs/student/ab.yaml",
@@ -90,7 +83,5 @@ CARD = MethodCard(
     code="HobbitLong/RepDistiller train_student.py (--distill abound -a 0 -b 1, --init_epochs 30), "
          "distiller_zoo/AB.py, models/util.py Connector, helper/pretrain.py",
     published=repdistiller_row((72.50, 72.38, 69.47, 69.53, 70.98, 73.17, 70.94)),
-    pre_phase_key="model.distillation.init_args.init_epochs",
-    # The 30-epoch pre-phase of a 240-epoch run, scaled to the proxy's 20 epochs (2.5, rounded down).
-    proxy_args=("--model.distillation.init_args.init_epochs=2",),
+    **INIT_EPOCHS_CARD_FIELDS,
 )

@@ -7,7 +7,6 @@ CE + β · L with β = 1000.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -17,7 +16,7 @@ from kd_lightning.distillation.base import (
     Outputs,
     check_positive,
     check_stage_counts,
-    match_spatial,
+    sum_over_stages,
 )
 from kd_lightning.distillation.registry import MethodCard, repdistiller_row
 
@@ -48,12 +47,11 @@ class ATLoss(DistillationObjective):
 
     def forward(self, student_stages: list[Tensor], teacher_stages: list[Tensor]) -> Tensor:
         check_stage_counts("AT", student_stages, teacher_stages)
-        with torch.autocast(device_type=student_stages[0].device.type, enabled=False):
-            total = student_stages[0].new_zeros((), dtype=torch.float32)
-            for s, t in zip(student_stages, teacher_stages):
-                s, t = match_spatial(s.float(), t.detach().float())
-                total = total + (attention_map(s, self.p) - attention_map(t, self.p)).pow(2).mean()
-        return total
+        return sum_over_stages(self.stage_loss, student_stages, teacher_stages)
+
+    def stage_loss(self, student: Tensor, teacher: Tensor) -> Tensor:
+        """One stage pair's mean squared difference of attention maps (maps of one resolution)."""
+        return (attention_map(student, self.p) - attention_map(teacher, self.p)).pow(2).mean()
 
 
 CARD = MethodCard(

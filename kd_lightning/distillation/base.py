@@ -5,7 +5,8 @@ A term declares what it reads of the two networks (`needs_features`): nothing bu
 (`FEATURES`: the stem and stage outputs of kd_lightning/models/base.py's feature contract) or the intermediates before
 their last ReLU (`PREACT`). The student and the frozen teacher compute exactly that (`network_outputs`); the teacher's
 side is computed in eval mode without gradient. A term that needs a phase before student training (RepDistiller's
-AB, FT and FSP train connectors first) declares its length, `pre_phase_epochs`, and its loss, `pre_phase_loss`.
+AB, FT and FSP train connectors first) declares its length, `pre_phase_epochs`, and its loss, `pre_phase_loss`
+(what they share: pre_phase.py).
 
 Each loss keeps its own tensor signature (`KDLoss()(student_logits, teacher_logits)`, `DKDLoss()(..., labels)`,
 `CRDLoss()(student_pooled, teacher_pooled, ids)`), so it can be used and tested on tensors alone. The student only
@@ -14,7 +15,8 @@ few hooks below, which only the terms with state (CRD's heads and memory) implem
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from itertools import repeat
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +77,24 @@ def match_spatial(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     if s[0] * s[1] > t[0] * t[1]:
         return torch.nn.functional.adaptive_avg_pool2d(student, t), teacher
     return student, torch.nn.functional.adaptive_avg_pool2d(teacher, s)
+
+
+#: A loss of one stage pair, (student map, teacher map) -> a float32 scalar.
+StageLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+def sum_over_stages(stage_loss: Union[StageLoss, Sequence[StageLoss]], student_stages: Sequence[Tensor],
+                    teacher_stages: Sequence[Tensor]) -> Tensor:
+    """Σ_i of a loss of stage i of the student and stage i of the teacher (AT, NST, VID): in float32 with autocast
+    off, no gradient to the teacher, and the two maps at one resolution (`match_spatial`). `stage_loss` is one loss
+    for every pair, or one per pair (VID's learnt heads, an nn.ModuleList). The sum starts at a float32 zero and adds
+    the pairs in order."""
+    losses = stage_loss if isinstance(stage_loss, (Sequence, nn.ModuleList)) else repeat(stage_loss)
+    with torch.autocast(device_type=student_stages[0].device.type, enabled=False):
+        total = student_stages[0].new_zeros((), dtype=torch.float32)
+        for loss, s, t in zip(losses, student_stages, teacher_stages):
+            total = total + loss(*match_spatial(s.float(), t.detach().float()))
+    return total
 
 
 def check_stage_counts(name: str, student: Sequence, teacher: Sequence) -> None:

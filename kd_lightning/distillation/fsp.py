@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_lightning.distillation.base import FEATURES, DistillationObjective, Outputs, check_stage_counts, match_spatial
+from kd_lightning.distillation.base import FEATURES, Outputs, check_stage_counts, match_spatial
+from kd_lightning.distillation.pre_phase import INIT_EPOCHS_CARD_FIELDS, PrePhaseOnlyObjective
 from kd_lightning.distillation.registry import REPDISTILLER, REPDISTILLER_PAIRS, MethodCard, published
 from kd_lightning.exceptions import UserValueError
 
@@ -32,7 +33,7 @@ def fsp_matrices(intermediates: list[Tensor]) -> list[Tensor]:
     return [fsp_matrix(a, b) for a, b in zip(intermediates[:-1], intermediates[1:])]
 
 
-class FSPLoss(DistillationObjective):
+class FSPLoss(PrePhaseOnlyObjective):
     """FSP-matrix pre-phase, then nothing (module docstring).
 
     Args:
@@ -42,11 +43,7 @@ class FSPLoss(DistillationObjective):
     needs_features = FEATURES
 
     def __init__(self, init_epochs: int = 30) -> None:
-        super().__init__()
-        if init_epochs < 1:
-            raise UserValueError(f"init_epochs must be >= 1 (FSP is its pre-phase), got init_epochs={init_epochs}; "
-                                 "use e.g. 30")
-        self.pre_phase_epochs = init_epochs
+        super().__init__("FSP", init_epochs)
 
     def extra_repr(self) -> str:
         return f"init_epochs={self.pre_phase_epochs}"
@@ -70,10 +67,6 @@ class FSPLoss(DistillationObjective):
                         fsp_matrices([t.detach().float() for t in teacher]))
             return sum((F.mse_loss(g_s, g_t) for g_s, g_t in pairs), student[0].new_zeros((), dtype=torch.float32))
 
-    def distill(self, student: Outputs, teacher: Outputs, labels: Tensor, ids: Tensor) -> Tensor:
-        # Student training after the pre-phase is CE alone, as in the CRD benchmark.
-        return student.logits.new_zeros((), dtype=torch.float32)
-
 
 CARD = MethodCard(
     name="fsp", label="FSP", order=230, overlay="configs/student/fsp.yaml",
@@ -84,7 +77,5 @@ CARD = MethodCard(
     # RepDistiller prints N/A for wrn_40_2 -> wrn_40_1 (unequal widths); the other six pairs:
     published=published(REPDISTILLER, {pair: top1 for pair, top1 in zip(
         REPDISTILLER_PAIRS, (72.91, None, 69.95, 70.11, 71.89, 72.62, 70.23)) if top1 is not None}),
-    pre_phase_key="model.distillation.init_args.init_epochs",
-    # The 30-epoch pre-phase of a 240-epoch run, scaled to the proxy's 20 epochs (2.5, rounded down).
-    proxy_args=("--model.distillation.init_args.init_epochs=2",),
+    **INIT_EPOCHS_CARD_FIELDS,
 )

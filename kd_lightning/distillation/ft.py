@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_lightning.distillation.base import FEATURES, DistillationObjective, Outputs, check_positive, match_spatial
+from kd_lightning.distillation.pre_phase import INIT_EPOCHS_CARD_FIELDS, check_init_epochs
 from kd_lightning.distillation.registry import MethodCard, repdistiller_row
 from kd_lightning.exceptions import UserValueError
 
@@ -56,9 +57,7 @@ class FTLoss(DistillationObjective):
     def __init__(self, rate: float = 0.5, init_epochs: int = 30) -> None:
         super().__init__()
         self.rate = check_positive("rate", rate, "0.5")
-        if init_epochs < 0:
-            raise UserValueError(f"init_epochs must be >= 0, got init_epochs={init_epochs}; use e.g. 30")
-        self.pre_phase_epochs = init_epochs
+        self.pre_phase_epochs = check_init_epochs(init_epochs, minimum=0)
         self.encoder: Optional[nn.Sequential] = None
         self.decoder: Optional[nn.Sequential] = None
         self.translator: Optional[nn.Sequential] = None
@@ -107,7 +106,5 @@ CARD = MethodCard(
     code="HobbitLong/RepDistiller train_student.py (--distill factor -a 0 -b 200, --init_epochs 30), "
          "distiller_zoo/FT.py, models/util.py Paraphraser and Translator, helper/pretrain.py",
     published=repdistiller_row((73.25, 71.59, 69.84, 70.22, 72.37, 72.86, 70.58)),
-    pre_phase_key="model.distillation.init_args.init_epochs",
-    # The 30-epoch pre-phase of a 240-epoch run, scaled to the proxy's 20 epochs (2.5, rounded down).
-    proxy_args=("--model.distillation.init_args.init_epochs=2",),
+    **INIT_EPOCHS_CARD_FIELDS,
 )

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_lightning.distillation.base import FEATURES, DistillationObjective, Outputs, check_stage_counts, match_spatial
+from kd_lightning.distillation.base import FEATURES, DistillationObjective, Outputs, check_stage_counts, sum_over_stages
 from kd_lightning.distillation.registry import MethodCard, repdistiller_row
 
 
@@ -39,11 +39,7 @@ class NSTLoss(DistillationObjective):
 
     def forward(self, student_stages: list[Tensor], teacher_stages: list[Tensor]) -> Tensor:
         check_stage_counts("NST", student_stages, teacher_stages)
-        with torch.autocast(device_type=student_stages[0].device.type, enabled=False):
-            total = student_stages[0].new_zeros((), dtype=torch.float32)
-            for s, t in zip(student_stages, teacher_stages):
-                total = total + squared_mmd(*match_spatial(s.float(), t.detach().float()))
-        return total
+        return sum_over_stages(squared_mmd, student_stages, teacher_stages)
 
 
 CARD = MethodCard(

@@ -22,7 +22,7 @@ from kd_lightning.distillation.base import (
     Outputs,
     check_positive,
     check_stage_counts,
-    match_spatial,
+    sum_over_stages,
 )
 from kd_lightning.distillation.registry import MethodCard, repdistiller_row
 
@@ -46,7 +46,7 @@ class StageVID(nn.Module):
         return F.softplus(self.log_scale) + self.eps
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        student, teacher = match_spatial(student, teacher)
+        """The stage's loss for maps of one resolution (`sum_over_stages` pools the larger)."""
         var = self.variance()[None, :, None, None]
         return (0.5 * ((self.regressor(student) - teacher).pow(2) / var + var.log())).mean()
 
@@ -80,10 +80,7 @@ class VIDLoss(DistillationObjective):
 
     def forward(self, student_stages: list[Tensor], teacher_stages: list[Tensor]) -> Tensor:
         check_stage_counts("VID", student_stages, self.stages)
-        with torch.autocast(device_type=student_stages[0].device.type, enabled=False):
-            return sum((stage(s.float(), t.detach().float())
-                        for stage, s, t in zip(self.stages, student_stages, teacher_stages)),
-                       student_stages[0].new_zeros((), dtype=torch.float32))
+        return sum_over_stages(self.stages, student_stages, teacher_stages)
 
 
 CARD = MethodCard(

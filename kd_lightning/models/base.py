@@ -42,6 +42,16 @@ def relu_with_preact(pre: Tensor, preact: bool, relu: nn.Module) -> Tensor:
     return F.relu(pre) if preact else relu(pre)
 
 
+def run_ending_in_relu(block: nn.Sequential, x: Tensor, preact: bool) -> tuple[Tensor, Tensor]:
+    """A block whose last module is its ReLU (a conv-BN-ReLU stem): its output and, with `preact`, its output before
+    that ReLU (else the output again). Without `preact` the block runs whole, as `forward` runs it (its hooks fire)."""
+    if not preact:
+        x = block(x)
+        return x, x
+    pre = block[:-1](x)
+    return F.relu(pre), pre
+
+
 def run_stage(stage: nn.Sequential, x: Tensor, preact: bool) -> tuple[Tensor, Optional[Tensor]]:
     """A stage of blocks; with `preact`, the last block's `forward_preact` gives its output before the last ReLU."""
     if not preact:

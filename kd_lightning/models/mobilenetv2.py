@@ -9,9 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from torch.nn import functional as F
-
-from kd_lightning.models.base import Backbone, Intermediates
+from kd_lightning.models.base import Backbone, Intermediates, run_ending_in_relu
 
 #: The stages after which an intermediate is taken: where the resolution is about to halve, and the last (RepDistiller's
 #: mobilenetv2.py f1-f4, after blocks 1, 2, 4 and 6 of the seven).
@@ -84,11 +82,7 @@ class MobileNetV2(Backbone):
         return [self.stem[1], *(self.stages[i][-1].conv[-1] for i in FEATURE_STAGES)]
 
     def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
-        if preact:
-            pre = self.stem[:-1](x)
-            x = F.relu(pre)
-        else:
-            x = pre = self.stem(x)
+        x, pre = run_ending_in_relu(self.stem, x, preact)
         features, preacts = [x], [pre]
         for i, stage in enumerate(self.stages):
             x = stage(x)

@@ -12,7 +12,7 @@ from torch import nn
 
 from torch.nn import functional as F
 
-from kd_lightning.models.base import Backbone, Intermediates, run_stage
+from kd_lightning.models.base import Backbone, Intermediates, run_ending_in_relu, run_stage
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
@@ -98,11 +98,7 @@ class ShuffleNetV2(Backbone):
 
     def forward_intermediates(self, x: torch.Tensor, preact: bool = False) -> Intermediates:
         # Intermediates: the stem and each stage (RepDistiller's ShuffleNetv2.py f0-f3); the 1x1 head conv is not one.
-        if preact:
-            pre = self.stem[:-1](x)
-            x = F.relu(pre)
-        else:
-            x = pre = self.stem(x)
+        x, pre = run_ending_in_relu(self.stem, x, preact)
         features, preacts = [x], [pre]
         for stage in self.stages:
             x, pre = run_stage(stage, x, preact)
