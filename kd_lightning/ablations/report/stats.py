@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
+import pandas as pd
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
@@ -20,6 +21,15 @@ ALPHA = 0.05
 POWER = 0.8
 #: seeds_needed gives up beyond this many (an effect far below the spread): None, never a huge number.
 MAX_SEEDS = 100_000
+
+
+def spread(values, scale: float = 1.0, digits: int = 2) -> str:
+    """mean ± sample std of the values that are numbers ("—" with none, the mean alone with one)."""
+    values = pd.Series(values, dtype=float).dropna()
+    if values.empty:
+        return "—"
+    mean = f"{values.mean() * scale:.{digits}f}"
+    return mean if len(values) == 1 else f"{mean} ± {values.std() * scale:.{digits}f}"
 
 
 def t975(df: int) -> float:
