@@ -6,6 +6,7 @@ settings line reads. The tables (tables.py), their picture (plot.py) and seeds-n
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
@@ -38,20 +39,19 @@ def sharing(recipe: Recipe, ablations: Path) -> dict[str, list[str]]:
     return out
 
 
+#: The data module's settings a table names, each with how it says it (a missing setting reads None).
+DATA_PARTS = {"num_classes": "{num_classes} classes",
+              "train_size": "{train_size} train / {val_size} val / {test_size} test images",
+              "image_size": "{image_size}x{image_size}", "data_dir": "from {data_dir}",
+              "batch_size": "global batch {batch_size}"}
+
+
 def describe_data(config: dict) -> str:
     """"SyntheticDataModule, 20 classes, 3000 train / 1000 val / 1000 test images, 16x16, global batch 128"."""
-    init = (config.get("data") or {}).get("init_args") or {}
-    parts = [str((config.get("data") or {}).get("class_path", "?")).rsplit(".", 1)[-1]]
-    if "num_classes" in init:
-        parts.append(f"{init['num_classes']} classes")
-    if "train_size" in init:
-        parts.append(f"{init['train_size']} train / {init.get('val_size')} val / {init.get('test_size')} test images")
-    if "image_size" in init:
-        parts.append(f"{init['image_size']}x{init['image_size']}")
-    if "data_dir" in init:
-        parts.append(f"from {init['data_dir']}")
-    if "batch_size" in init:
-        parts.append(f"global batch {init['batch_size']}")
+    data = config.get("data") or {}
+    init = data.get("init_args") or {}
+    parts = [str(data.get("class_path", "?")).rsplit(".", 1)[-1]]
+    parts += [text.format_map(defaultdict(lambda: None, init)) for key, text in DATA_PARTS.items() if key in init]
     return ", ".join(parts)
 
 
@@ -101,8 +101,9 @@ def collect(table: Table, recipe: Recipe, seeds: list[int], store: RunStore, abl
                         "not finished: still running, or killed; the same command resumes it"
                         if state == RunState.RUNNING else "no error recorded")
                     error = f"{run.key}: {state}: {str(message).splitlines()[0][:200]}"
+                info = _run(results, stage) if state == RunState.COMPLETE else dict.fromkeys(RUN_INFO)
                 records.append({**cell, "seed": seed, "stage": stage, "state": state.value, "key": run.key,
-                                "error": error, **(_run(results, stage) if state == RunState.COMPLETE else dict.fromkeys(RUN_INFO))})
+                                "error": error, **info})
     # object columns: an integer setting (epochs) stays one where other runs have none
     frame = pd.DataFrame(records, dtype=object).sort_values("cell", kind="stable", ignore_index=True)
     numbers = [c for c in frame if c.startswith(("last/", "best/", "gate/")) or c == "wall_seconds"]

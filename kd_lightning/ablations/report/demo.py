@@ -1,12 +1,5 @@
-"""The demo's table (experiments/demo.py), built from the five runs' results.json, each picked by its ROLE.
-
-    plain cross-entropy teacher  ->  KD student            ("KD")
-    intra-class teacher (paper)  ->  KD student            ("Ours": same student recipe, same seed)
-    the same student alone (cross-entropy only)
-
-Runs are keyed by role, never by position, so a reordered job list cannot flip "Ours - KD". `table()` takes
-{role: [results.json of each seed, in `seeds` order]} and is what a test builds from fixture runs.
-"""
+"""The demo's table (experiments/demo.py) from its five runs' results.json, each picked by its role (LABELS), never
+by position, so a reordered job list cannot flip "Ours - KD"."""
 from __future__ import annotations
 
 import time

@@ -4,11 +4,9 @@ open-gate fraction per epoch, and the teacher's R = D_intra / D_inter. Matplotli
 from __future__ import annotations
 
 import io
-
-import matplotlib
-
 import math
 
+import matplotlib
 import pandas as pd
 
 from kd_lightning.ablations.report.collect import difference, gates
@@ -19,9 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452"}
 
 
-def _bars(ax, frame: pd.DataFrame, rows: pd.DataFrame, column: str, scale: float, stages=("teacher", "student"),
-          best: str | None = None) -> None:
+def _bars(ax, frame: pd.DataFrame, rows: pd.DataFrame, column: str, scale: float, ylabel: str, title: str,
+          stages=("teacher", "student"), best: str | None = None) -> None:
     """Mean ± sample std per row and stage, with the mean of `best` as a marker."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     width = 0.8 / len(stages)
     labelled: set[str] = set()
 
@@ -79,12 +79,9 @@ def _differences(ax, frame: pd.DataFrame, rows: pd.DataFrame) -> None:
 
 def plot(frame: pd.DataFrame, rows: pd.DataFrame, title: str, info: dict[str, str]) -> bytes:
     fig, axes = plt.subplots(1, 5, figsize=(23, 4.8))
-    _bars(axes[0], frame, rows, "last/test/acc", 100.0, best="best/test/acc")
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[0].set_title("test accuracy, last epoch (bars) and best epoch (—)", fontsize=9)
-    _bars(axes[1], frame, rows, "last/test/loss", 1.0)
-    axes[1].set_ylabel("test loss (CE)")
-    axes[1].set_title("test loss, last epoch", fontsize=9)
+    _bars(axes[0], frame, rows, "last/test/acc", 100.0, "test accuracy (%)",
+          "test accuracy, last epoch (bars) and best epoch (—)", best="best/test/acc")
+    _bars(axes[1], frame, rows, "last/test/loss", 1.0, "test loss (CE)", "test loss, last epoch")
     for ax in axes[:2]:
         ax.set_ylim(top=ax.get_ylim()[1] * 1.18)  # head room for the legend above the bars
         if ax.get_legend_handles_labels()[0]:  # a table with no such rows draws none (and matplotlib would warn)
@@ -98,9 +95,8 @@ def plot(frame: pd.DataFrame, rows: pd.DataFrame, title: str, info: dict[str, st
     ax.set_title("teacher: open-gate fraction per epoch (mean over seeds)", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    _bars(axes[3], frame, rows, "last/test/ratio", 1.0, stages=("teacher",))
-    axes[3].set_ylabel("R = D_intra / D_inter")
-    axes[3].set_title("teacher test-set geometry, last epoch", fontsize=9)
+    _bars(axes[3], frame, rows, "last/test/ratio", 1.0, "R = D_intra / D_inter",
+          "teacher test-set geometry, last epoch", stages=("teacher",))
     _differences(axes[4], frame, rows)
     seeds = info.get("seeds", "").split(" (")[0]
     subtitle = f"{info.get('pair', '')}; epochs: {info.get('epochs', '')}; seeds: {seeds}"

@@ -1,11 +1,5 @@
-"""`python -m kd_lightning.ablations seeds-needed --effect 0.5`: per row of Tables A-D, how many seeds would detect a
-true difference of EFFECT points in the headline Δ (student test accuracy, last epoch, paired with the table's
-baseline row) with 80% power, from the spread of the runs there are.
-
-The sd of the paired differences comes from the seeds found under --runs (all of them, unless --seeds says which),
-so the answer is an estimate from those n seeds: with 3 or 5 seeds the sd itself is uncertain by tens of percent,
-and the printed count says so. Rows with fewer than 2 paired seeds have no spread and get no number.
-"""
+"""`python -m kd_lightning.ablations seeds-needed --effect 0.5`: per row of Tables A-D, the seeds that would detect a
+true Δ of EFFECT points in the headline Δ with 80% power, estimated from the runs there are (docs/method.md §9)."""
 from __future__ import annotations
 
 from pathlib import Path

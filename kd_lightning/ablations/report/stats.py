@@ -1,11 +1,5 @@
-"""How a difference is reported (docs/method.md §9): the paired difference to the baseline row over the same seeds,
-its mean and 95% Student-t interval (scipy.stats.ttest_rel), significant when the interval excludes 0, and how far
-the comparison can see: the smallest true difference these seeds detect with 80% power, and the seeds a given
-difference needs (statsmodels' TTestPower: the two-sided paired t-test at α = 0.05, both tails counted). σ is the
-observed sd of the differences: with few seeds it is itself uncertain, so every such number is an estimate.
-
-Every Δ the tables and the demo print is formatted here (PairedDifference.text and .verdict).
-"""
+"""Every Δ the tables and the demo print (docs/method.md §9): the paired difference to the baseline row, its 95%
+Student-t interval (scipy) and the smallest true difference it detects with 80% power (statsmodels)."""
 from __future__ import annotations
 
 import math

@@ -27,8 +27,9 @@ from kd_lightning.utils.atomic import atomic_write_bytes, atomic_write_text
 from kd_lightning.utils.hardware import cpu_kernels, cpu_model, usable_cpus
 
 #: The CSV's metrics per stage: (column name, collect's column: results.json section / metric key).
-_BOTH = [("test_acc_last", "last/test/acc"), ("test_acc_best", "best/test/acc"), ("test_loss_last", "last/test/loss"),
-         ("test_loss_best", "best/test/loss"), ("train_loss", "last/train/loss"), ("train_loss_ce", "last/train/loss_ce")]
+_BOTH = [("test_acc_last", "last/test/acc"), ("test_acc_best", "best/test/acc"),
+         ("test_loss_last", "last/test/loss"), ("test_loss_best", "best/test/loss"),
+         ("train_loss", "last/train/loss"), ("train_loss_ce", "last/train/loss_ce")]
 METRICS: dict[str, list[tuple[str, str]]] = {
     "teacher": _BOTH + [
         ("train_loss_contrastive", "last/train/loss_contrastive"), ("gate_open", "last/train/gate_open"),
@@ -233,8 +234,9 @@ def differences_section(rows: pd.DataFrame, deltas: dict) -> list[str]:
         for d, (_, stage, _, scale, digits) in zip(deltas[cell], DIFFERENCES):
             # No seed to pair: say why (the row's or the baseline's state), never a number.
             base = rows.loc[r.base]
-            unpaired = (r[f"{stage}_status"] if not r[f"{stage}_seeds_complete"] else
-                        f"baseline {base[f'{stage}_status']}" if not base[f"{stage}_seeds_complete"] else "no common seed")
+            unpaired = (r[f"{stage}_status"] if not r[f"{stage}_seeds_complete"]
+                        else f"baseline {base[f'{stage}_status']}" if not base[f"{stage}_seeds_complete"]
+                        else "no common seed")
             cells.append(d.text(scale, digits) if d.n else unpaired)
         lines.append([r.label, *cells, str(max(d.n for d in deltas[cell]))])
     out += md_table(["row", *(f"Δ {c[0]}" for c in DIFFERENCES), "seeds paired"], lines)
