@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import ROOT, read_results, run_cli, student_args, teacher_args
-from kd_lightning.utils.atomic import atomic_write_json
+from kd_lightning.utils.atomic import atomic_write_bytes, atomic_write_json
 from kd_lightning.utils.checkpoint import CheckpointError, load_checkpoint_file
 
 TESTS = Path(__file__).resolve().parent
@@ -219,3 +219,23 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monk
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"status": "running", "epochs": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"], "the temporary file was left behind"
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_atomic_bytes_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monkeypatch, failing: str):
+    """The tables' pictures: the same write, for bytes, readable by the folder's readers (umask, not mkstemp's 0600)."""
+    path = tmp_path / "table.png"
+    atomic_write_bytes(path, b"\x89PNG old")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.read_bytes() == b"\x89PNG old" and path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, failing, crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(path, b"\x89PNG new")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"\x89PNG old"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.png"], "the temporary file was left behind"

@@ -1,120 +1,26 @@
-"""What a table's runs measured: each row's teacher and student results over the seeds, read from results.json.
-
-The table builder (table.py) and its plot (plot.py) both read these; neither imports the other.
+"""A table's runs as one tidy table (pandas): one line per (table row, seed, stage) with the run's state and, for a
+complete run, what its results.json records: every metric of its `last` and `best` sections (`last/test/acc`, ...;
+a missing or non-finite value is NaN), the teacher's open gates per epoch (`gate/0`, ...) and what the table's
+settings line reads. The tables (tables.py), their picture (plot.py) and seeds-needed all start from it.
 """
 from __future__ import annotations
 
 import math
-import statistics
-from dataclasses import dataclass, field
+from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
+
 from kd_lightning.ablations.grid.recipe import Recipe
-from kd_lightning.ablations.grid.runs import PLAIN_CE, Job, table_jobs, table_teachers
+from kd_lightning.ablations.grid.runs import PLAIN_CE, table_jobs, table_teachers
 from kd_lightning.ablations.grid.spec import Row, Table, tables_of
 from kd_lightning.ablations.grid.store import RunState, RunStore
 from kd_lightning.ablations.report.stats import PairedDifference, paired
 
 STAGES = ("teacher", "student")
-
-
-@dataclass
-class Stat:
-    """mean ± sample std over the complete seeds (std None with one seed)."""
-
-    values: list[float]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> Optional[float]:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> Optional[float]:
-        return statistics.stdev(self.values) if len(self.values) > 1 else None
-
-    def text(self, scale: float = 1.0, digits: int = 2) -> str:
-        if not self.values:
-            return "—"
-        mean = f"{self.mean * scale:.{digits}f}"
-        return mean if self.std is None else f"{mean} ± {self.std * scale:.{digits}f}"
-
-
-@dataclass
-class StageResult:
-    """One stage (teacher or student) of one row over the seeds."""
-
-    states: dict[int, str] = field(default_factory=dict)  # seed -> missing|complete|failed|interrupted|running
-    results: dict[int, dict] = field(default_factory=dict)  # complete seeds only
-    runs: dict[int, str] = field(default_factory=dict)  # seed -> the run's key (Job.key) of each complete seed
-
-    @property
-    def complete_seeds(self) -> list[int]:
-        return [s for s, state in self.states.items() if state == "complete"]
-
-    @property
-    def status(self) -> str:
-        """complete, or the worst state among the seeds (failed > interrupted > running > missing)."""
-        states = set(self.states.values())
-        if states == {"complete"}:
-            return "complete"
-        for state in ("failed", "interrupted", "running", "missing"):
-            if state in states:
-                return state
-        return "missing"
-
-    def by_seed(self, section: str, key: str) -> dict[int, float]:
-        out = {}
-        for seed in self.complete_seeds:
-            value = (self.results[seed].get(section) or {}).get(key)
-            if value is not None and math.isfinite(float(value)):
-                out[seed] = float(value)
-        return out
-
-    def stat(self, section: str, key: str) -> Stat:
-        return Stat(list(self.by_seed(section, key).values()))
-
-    def per_epoch(self, key: str) -> list[Optional[float]]:
-        """Mean over complete seeds of `key` per epoch (history)."""
-        series = [[h.get(key) for h in self.results[s].get("history", [])] for s in self.complete_seeds]
-        length = max((len(x) for x in series), default=0)
-        out = []
-        for epoch in range(length):
-            values = [x[epoch] for x in series if epoch < len(x) and x[epoch] is not None]
-            out.append(statistics.fmean(values) if values else None)
-        return out
-
-
-@dataclass
-class RowResult:
-    name: str  # the row's name in the CSV: its student row's when the table has several, else its teacher row's
-    label: str  # the row's name in the table (with its teacher when the table has several student rows)
-    run: str  # the teacher run it resolves to (runs.py): rows of several tables may share it
-    student: Row  # the student row (its method card: the published numbers)
-    stages: dict[str, StageResult]
-    errors: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # the keys of its runs that do not exist yet
-    shared_with: list[str] = field(default_factory=list)  # "Table B: intra-class (paper)", ...
-    baseline: bool = False  # the reference row of its student method: the plain CE teacher
-    base: Optional["RowResult"] = None  # the row it is paired with (docs/method.md §9); None for a baseline
-
-    def difference(self, base: "RowResult", stage: str, section: str, key: str) -> PairedDifference:
-        return paired(self.stages[stage].by_seed(section, key), base.stages[stage].by_seed(section, key))
-
-
-def _stage(job: Job, store: RunStore, errors: list[str]) -> tuple[RunState, Optional[dict]]:
-    results = store.results(job)
-    state = RunState.of(results)
-    if state not in (RunState.COMPLETE, RunState.MISSING):
-        message = (results or {}).get("error") or (
-            "not finished: still running, or killed; the same command resumes it"
-            if state == RunState.RUNNING else "no error recorded")
-        errors.append(f"{job.key}: {state}: {str(message).splitlines()[0][:200]}")
-    return state, results if state == RunState.COMPLETE else None
+#: A stage's status over its seeds: complete, or the worst state among them.
+WORST = ("failed", "interrupted", "running", "missing")
 
 
 def _row_name(table: Table, row: Row) -> str:
@@ -133,33 +39,106 @@ def sharing(recipe: Recipe, ablations: Path) -> dict[str, list[str]]:
     return out
 
 
-def collect(table: Table, recipe: Recipe, seeds: list[int], store: RunStore, ablations: Path) -> list[RowResult]:
-    """Each cell of the table (student row x teacher row) over the seeds, student rows outermost; each row paired
-    with its student method's plain CE teacher row."""
+#: The data module's settings a table names, each with how it says it (a missing setting reads None).
+DATA_PARTS = {"num_classes": "{num_classes} classes",
+              "train_size": "{train_size} train / {val_size} val / {test_size} test images",
+              "image_size": "{image_size}x{image_size}", "data_dir": "from {data_dir}",
+              "batch_size": "global batch {batch_size}"}
+
+
+def describe_data(config: dict) -> str:
+    """"SyntheticDataModule, 20 classes, 3000 train / 1000 val / 1000 test images, 16x16, global batch 128"."""
+    data = config.get("data") or {}
+    init = data.get("init_args") or {}
+    parts = [str(data.get("class_path", "?")).rsplit(".", 1)[-1]]
+    parts += [text.format_map(defaultdict(lambda: None, init)) for key, text in DATA_PARTS.items() if key in init]
+    return ", ".join(parts)
+
+
+def _number(value) -> float:
+    return float(value) if value is not None and math.isfinite(float(value)) else math.nan
+
+
+#: What the reports read of a complete run beside its metrics (None for the other runs).
+RUN_INFO = ("backbone", "epochs", "hardware", "wall_seconds", "data", "devices", "epochs_logged")
+
+
+def _run(results: dict, stage: str) -> dict:
+    """What the reports read of a complete run's results.json."""
+    trainer = (results.get("config") or {}).get("trainer", {})
+    out = {"backbone": results.get("backbone"), "epochs": results.get("epochs"), "hardware": results.get("hardware"),
+           "wall_seconds": float(results.get("wall_seconds") or 0), "data": describe_data(results.get("config") or {}),
+           "devices": f"{trainer.get('accelerator', '?')} x {trainer.get('devices', '?')}"}
+    out.update({f"{section}/{key}": _number(value) for section in ("last", "best")
+                for key, value in (results.get(section) or {}).items()})
+    if stage == "teacher":
+        out["epochs_logged"] = len(results.get("history", []))
+        out.update({f"gate/{epoch}": _number(entry.get("train/gate_open"))
+                    for epoch, entry in enumerate(results.get("history", []))})
+    return out
+
+
+def collect(table: Table, recipe: Recipe, seeds: list[int], store: RunStore, ablations: Path) -> pd.DataFrame:
+    """Every run of the table, student rows outermost (a cell = student row x teacher row, numbered in table order);
+    each row is paired with its student method's plain CE teacher row (`base`, docs/method.md §9)."""
     several = len(table.students) > 1
     shared = {} if several else sharing(recipe, ablations)
-    by_cell: dict[tuple[str, str], RowResult] = {}
+    cells: dict[tuple[str, str], dict] = {}
+    records = []
     for seed in seeds:
         for trow, srow, job in table_jobs(recipe, table, seed):
-            result = by_cell.get((srow.name, trow.name))
-            if result is None:
-                result = RowResult(srow.name if several else trow.name,
-                                   f"{srow.label} ← {trow.label}" if several else trow.label, job.teacher.name, srow,
-                                   {stage: StageResult() for stage in STAGES}, baseline=job.teacher.name == PLAIN_CE)
-                result.shared_with = [n for n in shared.get(job.teacher.name, []) if n != _row_name(table, trow)]
-                by_cell[(srow.name, trow.name)] = result
+            cell = cells.setdefault((srow.name, trow.name), {
+                "cell": len(cells), "row": srow.name if several else trow.name,
+                "label": f"{srow.label} ← {trow.label}" if several else trow.label, "run": job.teacher.name,
+                "student": srow.name, "baseline": job.teacher.name == PLAIN_CE,
+                "shared_with": "; ".join(n for n in shared.get(job.teacher.name, []) if n != _row_name(table, trow))})
             for stage, run in (("teacher", job.teacher), ("student", job)):
-                state, results = _stage(run, store, result.errors)
-                if state == RunState.MISSING:
-                    result.missing.append(run.key)
-                result.stages[stage].states[seed] = state.value
-                if results is not None:
-                    result.stages[stage].results[seed] = results
-                    result.stages[stage].runs[seed] = run.key
-    rows = list(by_cell.values())
-    for srow in table.students:  # pair every row with its student method's baseline (docs/method.md §9)
-        group = [r for r in rows if r.student.name == srow.name]
-        base = next((r for r in group if r.baseline), None)
-        for r in group:
-            r.base = None if r is base else base
+                results = store.results(run)
+                state = RunState.of(results)
+                error = None
+                if state not in (RunState.COMPLETE, RunState.MISSING):
+                    message = (results or {}).get("error") or (
+                        "not finished: still running, or killed; the same command resumes it"
+                        if state == RunState.RUNNING else "no error recorded")
+                    error = f"{run.key}: {state}: {str(message).splitlines()[0][:200]}"
+                info = _run(results, stage) if state == RunState.COMPLETE else dict.fromkeys(RUN_INFO)
+                records.append({**cell, "seed": seed, "stage": stage, "state": state.value, "key": run.key,
+                                "error": error, **info})
+    # object columns: an integer setting (epochs) stays one where other runs have none
+    frame = pd.DataFrame(records, dtype=object).sort_values("cell", kind="stable", ignore_index=True)
+    numbers = [c for c in frame if c.startswith(("last/", "best/", "gate/")) or c == "wall_seconds"]
+    frame = frame.astype({c: float for c in numbers})
+    bases = frame[frame.baseline.astype(bool)].drop_duplicates("student").set_index("student").cell
+    frame["base"] = pd.Series([None if bases.get(s) in (None, c) else bases.get(s)
+                               for s, c in zip(frame.student, frame.cell)], dtype=object)
+    return frame
+
+
+def values(frame: pd.DataFrame, cell: int, stage: str, column: str) -> dict[int, float]:
+    """seed -> the finite value of `column` in the cell's complete runs of `stage`."""
+    runs = frame[(frame.cell == cell) & (frame.stage == stage) & (frame.state == "complete")]
+    return runs.set_index("seed")[column].dropna().to_dict() if column in runs else {}
+
+
+def difference(frame: pd.DataFrame, cell: int, stage: str, column: str) -> Optional[PairedDifference]:
+    """The cell minus its base row, seed by seed (None for a baseline row)."""
+    base = frame.loc[frame.cell == cell, "base"].iloc[0]
+    return None if base is None else paired(values(frame, cell, stage, column), values(frame, base, stage, column))
+
+
+def table_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One line per cell: who it is and, per stage, its status and number of complete seeds."""
+    rows = frame.drop_duplicates("cell").set_index("cell")[
+        ["row", "label", "run", "student", "baseline", "shared_with", "base"]]
+    status = frame.groupby(["stage", "cell"]).state.agg(lambda s: next((w for w in WORST if w in set(s)), "complete"))
+    complete = (frame.state == "complete").groupby([frame.stage, frame.cell]).sum()
+    for stage in STAGES:
+        rows[f"{stage}_status"], rows[f"{stage}_seeds_complete"] = status[stage], complete[stage]
     return rows
+def gates(frame: pd.DataFrame, rows: pd.DataFrame) -> dict[int, list[float]]:
+    """cell -> the teacher's open-gate fraction per epoch, mean over the complete seeds (NaN where no seed has one),
+    over the longest history of those seeds."""
+    done = frame[(frame.state == "complete") & (frame.stage == "teacher")].groupby("cell")
+    means = done[[c for c in frame if c.startswith("gate/")]].mean().reindex(rows.index)
+    epochs = done.epochs_logged.max().reindex(rows.index).fillna(0).astype(int)
+    return {cell: list(means.loc[cell].iloc[:epochs[cell]]) for cell in rows.index}

@@ -1,12 +1,5 @@
-"""The demo's table (experiments/demo.py), built from the five runs' results.json, each picked by its ROLE.
-
-    plain cross-entropy teacher  ->  KD student            ("KD")
-    intra-class teacher (paper)  ->  KD student            ("Ours": same student recipe, same seed)
-    the same student alone (cross-entropy only)
-
-Runs are keyed by role, never by position, so a reordered job list cannot flip "Ours - KD". `table()` takes
-{role: [results.json of each seed, in `seeds` order]} and is what a test builds from fixture runs.
-"""
+"""The demo's table (experiments/demo.py) from its five runs' results.json, each picked by its role (LABELS), never
+by position, so a reordered job list cannot flip "Ours - KD"."""
 from __future__ import annotations
 
 import time
@@ -16,8 +9,7 @@ from typing import Optional
 from kd_lightning.ablations.grid.recipe import Recipe
 from kd_lightning.ablations.grid.runs import Job, alone_job, student_job, teacher_job, teacher_run
 from kd_lightning.ablations.grid.spec import card_row
-from kd_lightning.ablations.report.collect import Stat
-from kd_lightning.ablations.report.stats import LEGEND, paired
+from kd_lightning.ablations.report.stats import LEGEND, paired, spread
 from kd_lightning.distillation.registry import method_cards
 
 CE_TEACHER, INTRA_TEACHER, KD, OURS, ALONE = "ce_teacher", "intra_teacher", "kd_student", "ours_student", "alone"
@@ -65,11 +57,6 @@ def jobs(recipe: Recipe, seed: int) -> dict[str, Job]:
             OURS: student_job(recipe, paper, seed, kd), ALONE: alone_job(recipe, seed)}
 
 
-def fmt(values: list[Optional[float]], scale: float = 1.0, digits: int = 2) -> str:
-    """mean ± sample std, as the tables print it (a missing value is left out)."""
-    return Stat([v for v in values if v is not None]).text(scale, digits)
-
-
 def metric(results: list[dict], section: str, key: str) -> list[Optional[float]]:
     return [r.get(section, {}).get(key) for r in results]
 
@@ -92,7 +79,7 @@ def table(results: dict[str, list[dict]], seeds: list[int], paths: list[Path]) -
         "|---|" + "---|" * len(COLUMNS),
     ]
     for role, label in LABELS.items():
-        cells = [fmt(metric(results[role], section, key), scale, digits) if role in TEACHERS or not teachers_only
+        cells = [spread(metric(results[role], section, key), scale, digits) if role in TEACHERS or not teachers_only
                  else "" for _, section, key, scale, digits, teachers_only in COLUMNS]
         cells[1] = f"({cells[1]})"
         lines.append("| " + " | ".join([label, *cells]) + " |")

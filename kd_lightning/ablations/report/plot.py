@@ -4,10 +4,12 @@ open-gate fraction per epoch, and the teacher's R = D_intra / D_inter. Matplotli
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
+import pandas as pd
 
-from kd_lightning.ablations.report.collect import RowResult
+from kd_lightning.ablations.report.collect import difference, gates
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -15,8 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452"}
 
 
-def _bars(ax, rows: list[RowResult], section: str, key: str, scale: float, stages=("teacher", "student"),
-          best_markers: bool = False) -> None:
+def _bars(ax, frame: pd.DataFrame, rows: pd.DataFrame, column: str, scale: float, ylabel: str, title: str,
+          stages=("teacher", "student"), best: str | None = None) -> None:
+    """Mean ± sample std per row and stage, with the mean of `best` as a marker."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     width = 0.8 / len(stages)
     labelled: set[str] = set()
 
@@ -26,38 +31,40 @@ def _bars(ax, rows: list[RowResult], section: str, key: str, scale: float, stage
         labelled.add(name)
         return name
 
+    done = frame[frame.state == "complete"]
     for j, stage in enumerate(stages):
-        for i, r in enumerate(rows):
+        stats = done[done.stage == stage].groupby("cell")[[column] + ([best] if best else [])].agg(["mean", "std"])
+        stats = stats.reindex(rows.index)
+        for i, (cell, r) in enumerate(rows.iterrows()):
             x = i + (j - (len(stages) - 1) / 2) * width
-            result = r.stages[stage]
-            stat = result.stat(section, key)
-            if stat.mean is None:
+            mean, std = stats.loc[cell, (column, "mean")], stats.loc[cell, (column, "std")]
+            if math.isnan(mean):
                 # Not a number: say why, at the bar's place, instead of drawing a zero.
-                ax.text(x, 0, result.status if not result.complete_seeds else "n/a", rotation=90, ha="center",
-                        va="bottom", fontsize=7, color="crimson")
+                ax.text(x, 0, r[f"{stage}_status"] if not r[f"{stage}_seeds_complete"] else "n/a", rotation=90,
+                        ha="center", va="bottom", fontsize=7, color="crimson")
                 continue
-            yerr = None if stat.std is None else stat.std * scale
-            ax.bar(x, stat.mean * scale, width, yerr=yerr, capsize=3, color=COLORS[stage], label=label(stage))
-            best = result.stat("best", key)
-            if best_markers and best.mean is not None:
-                ax.plot(x, best.mean * scale, marker="_", markersize=14, color="black", label=label("best epoch"))
+            yerr = None if math.isnan(std) else std * scale
+            ax.bar(x, mean * scale, width, yerr=yerr, capsize=3, color=COLORS[stage], label=label(stage))
+            if best and not math.isnan(stats.loc[cell, (best, "mean")]):
+                ax.plot(x, stats.loc[cell, (best, "mean")] * scale, marker="_", markersize=14, color="black",
+                        label=label("best epoch"))
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels(list(rows.label), rotation=30, ha="right", fontsize=8)
 
 
-def _differences(ax, rows: list[RowResult]) -> None:
+def _differences(ax, frame: pd.DataFrame, rows: pd.DataFrame) -> None:
     """Student accuracy minus the plain CE teacher row's, seed by seed: mean and 95% Student-t interval."""
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_title("student acc (last) − its plain CE teacher row: mean, 95% interval", fontsize=9)
     ax.set_ylabel("paired difference (points)")
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels(list(rows.label), rotation=30, ha="right", fontsize=8)
     ax.set_xlim(-0.5, len(rows) - 0.5)
-    for i, r in enumerate(rows):
-        if r.base is None:
+    for i, cell in enumerate(rows.index):
+        d = difference(frame, cell, "student", "last/test/acc")
+        if d is None:
             ax.text(i, 0, "baseline", ha="center", va="bottom", fontsize=7)
             continue
-        d = r.difference(r.base, "student", "last", "test/acc")
         if d.mean is None:
             continue
         interval = d.interval
@@ -70,33 +77,27 @@ def _differences(ax, rows: list[RowResult]) -> None:
                     color="crimson" if d.significant else COLORS["student"])
 
 
-def plot(rows: list[RowResult], title: str, info: dict[str, str]) -> bytes:
+def plot(frame: pd.DataFrame, rows: pd.DataFrame, title: str, info: dict[str, str]) -> bytes:
     fig, axes = plt.subplots(1, 5, figsize=(23, 4.8))
-    _bars(axes[0], rows, "last", "test/acc", 100.0, best_markers=True)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[0].set_title("test accuracy, last epoch (bars) and best epoch (—)", fontsize=9)
-    _bars(axes[1], rows, "last", "test/loss", 1.0)
-    axes[1].set_ylabel("test loss (CE)")
-    axes[1].set_title("test loss, last epoch", fontsize=9)
+    _bars(axes[0], frame, rows, "last/test/acc", 100.0, "test accuracy (%)",
+          "test accuracy, last epoch (bars) and best epoch (—)", best="best/test/acc")
+    _bars(axes[1], frame, rows, "last/test/loss", 1.0, "test loss (CE)", "test loss, last epoch")
     for ax in axes[:2]:
         ax.set_ylim(top=ax.get_ylim()[1] * 1.18)  # head room for the legend above the bars
         if ax.get_legend_handles_labels()[0]:  # a table with no such rows draws none (and matplotlib would warn)
             ax.legend(fontsize=7, loc="upper center", ncol=3)
     ax = axes[2]
-    for r in rows:
-        series = r.stages["teacher"].per_epoch("train/gate_open")
+    for cell, series in gates(frame, rows).items():
         if series:
-            ax.plot(range(len(series)), [None if v is None else 100 * v for v in series], marker="o", markersize=3,
-                    label=r.label)
+            ax.plot(range(len(series)), [100 * v for v in series], marker="o", markersize=3, label=rows.label[cell])
     ax.set_xlabel("epoch")
     ax.set_ylabel("open gates (% of training rows)")
     ax.set_title("teacher: open-gate fraction per epoch (mean over seeds)", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    _bars(axes[3], rows, "last", "test/ratio", 1.0, stages=("teacher",))
-    axes[3].set_ylabel("R = D_intra / D_inter")
-    axes[3].set_title("teacher test-set geometry, last epoch", fontsize=9)
-    _differences(axes[4], rows)
+    _bars(axes[3], frame, rows, "last/test/ratio", 1.0, "R = D_intra / D_inter",
+          "teacher test-set geometry, last epoch", stages=("teacher",))
+    _differences(axes[4], frame, rows)
     seeds = info.get("seeds", "").split(" (")[0]
     subtitle = f"{info.get('pair', '')}; epochs: {info.get('epochs', '')}; seeds: {seeds}"
     fig.suptitle(f"{title}\n{subtitle}", fontsize=10)

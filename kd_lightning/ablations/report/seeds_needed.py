@@ -1,11 +1,5 @@
-"""`python -m kd_lightning.ablations seeds-needed --effect 0.5`: per row of Tables A-D, how many seeds would detect a
-true difference of EFFECT points in the headline Δ (student test accuracy, last epoch, paired with the table's
-baseline row) with 80% power, from the spread of the runs there are.
-
-The sd of the paired differences comes from the seeds found under --runs (all of them, unless --seeds says which),
-so the answer is an estimate from those n seeds: with 3 or 5 seeds the sd itself is uncertain by tens of percent,
-and the printed count says so. Rows with fewer than 2 paired seeds have no spread and get no number.
-"""
+"""`python -m kd_lightning.ablations seeds-needed --effect 0.5`: per row of Tables A-D, the seeds that would detect a
+true Δ of EFFECT points in the headline Δ with 80% power, estimated from the runs there are (docs/method.md §9)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,12 +8,12 @@ from typing import Optional
 from kd_lightning.ablations.grid.recipe import Recipe
 from kd_lightning.ablations.grid.spec import ABLATIONS, Table
 from kd_lightning.ablations.grid.store import RunStore, seed_folders
-from kd_lightning.ablations.report.collect import collect
+from kd_lightning.ablations.report.collect import collect, difference, table_rows
 from kd_lightning.ablations.report.stats import MAX_SEEDS, POWER, seeds_needed
 from kd_lightning.exceptions import UserValueError
 
-#: The Δ the count is for (table.DIFFERENCES[0]): (stage, section, key, scale to points).
-HEADLINE = ("student", "last", "test/acc", 100.0)
+#: The Δ the count is for (tables.DIFFERENCES[0]): (stage, collect's column, scale to points).
+HEADLINE = ("student", "last/test/acc", 100.0)
 
 
 def report(tables: list[Table], recipe: Recipe, store: RunStore, effect: float, seeds: Optional[list[int]] = None,
@@ -30,26 +24,27 @@ def report(tables: list[Table], recipe: Recipe, store: RunStore, effect: float, 
     if not seeds:
         raise UserValueError(f"no runs under {runs / recipe.data}: pass --runs (the committed proxy is "
                                 "results/proxy-runs)")
-    stage, section, key, scale = HEADLINE
+    stage, column, scale = HEADLINE
     out = [f"Seeds for {POWER:.0%} power to detect a true Δ of ±{effect:g} points in student test accuracy (last "
            f"epoch), two-sided paired t-test at 5%, runs in {runs}/{recipe.data}. Each count is an estimate: it uses the "
            "sd of the paired differences observed over the n seeds there are.", ""]
     for table in tables:
         out += [f"{table.title} ({table.id})", "",
                 "| row | n seeds | sd of Δ (points) | detects now (±points) | seeds needed |", "|---|---|---|---|---|"]
-        for r in collect(table, recipe, seeds, store, ablations):
-            if r.base is None:
+        frame = collect(table, recipe, seeds, store, ablations)
+        for cell, label in table_rows(frame).label.items():
+            d = difference(frame, cell, stage, column)
+            if d is None:
                 continue
-            d = r.difference(r.base, stage, section, key)
             if d.sd is None:
-                out.append(f"| {r.label} | {d.n} | — | — | no spread from {d.n} seed(s): run 2 or more |")
+                out.append(f"| {label} | {d.n} | — | — | no spread from {d.n} seed(s): run 2 or more |")
                 continue
             if d.sd == 0:  # the same Δ on every seed (e.g. a row that trains exactly as its baseline)
-                out.append(f"| {r.label} | {d.n} | 0 | — | — (the same Δ, {d.mean * scale:+.2f}, on every seed) |")
+                out.append(f"| {label} | {d.n} | 0 | — | — (the same Δ, {d.mean * scale:+.2f}, on every seed) |")
                 continue
             need = seeds_needed(effect, d.sd * scale)
             need_text = f"more than {MAX_SEEDS}" if need is None else str(need)
-            out.append(f"| {r.label} | {d.n} | {d.sd * scale:.2f} | {d.detectable * scale:.2f} | {need_text} "
+            out.append(f"| {label} | {d.n} | {d.sd * scale:.2f} | {d.detectable * scale:.2f} | {need_text} "
                        f"(estimate from {d.n} seeds) |")
         out.append("")
     return "\n".join(out)

@@ -1,11 +1,5 @@
-"""How a difference is reported (docs/method.md §9): the paired difference to the baseline row over the same seeds,
-its mean and 95% Student-t interval (scipy.stats.ttest_rel), significant when the interval excludes 0, and how far
-the comparison can see: the smallest true difference these seeds detect with 80% power, and the seeds a given
-difference needs (statsmodels' TTestPower: the two-sided paired t-test at α = 0.05, both tails counted). σ is the
-observed sd of the differences: with few seeds it is itself uncertain, so every such number is an estimate.
-
-Every Δ the tables and the demo print is formatted here (PairedDifference.text and .verdict).
-"""
+"""Every Δ the tables and the demo print (docs/method.md §9): the paired difference to the baseline row, its 95%
+Student-t interval (scipy) and the smallest true difference it detects with 80% power (statsmodels)."""
 from __future__ import annotations
 
 import math
@@ -13,6 +7,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
+import pandas as pd
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
@@ -20,6 +15,15 @@ ALPHA = 0.05
 POWER = 0.8
 #: seeds_needed gives up beyond this many (an effect far below the spread): None, never a huge number.
 MAX_SEEDS = 100_000
+
+
+def spread(values, scale: float = 1.0, digits: int = 2) -> str:
+    """mean ± sample std of the values that are numbers ("—" with none, the mean alone with one)."""
+    values = pd.Series(values, dtype=float).dropna()
+    if values.empty:
+        return "—"
+    mean = f"{values.mean() * scale:.{digits}f}"
+    return mean if len(values) == 1 else f"{mean} ± {values.std() * scale:.{digits}f}"
 
 
 def t975(df: int) -> float:

@@ -3,123 +3,94 @@
     python -m kd_lightning.ablations build margin --data synthetic --seeds 0 1 2 3 4
     python -m kd_lightning.ablations build margin --margin_space logit --data cifar100 --seeds 0 1 2 --out results
 
-What each section reports is in docs/ablations.md. A run that is not complete is never a number: its cells say
-missing, failed, interrupted or running.
+What each section reports is in docs/ablations.md.
 """
 from __future__ import annotations
 
-import os
+import math
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
+
+import pandas as pd
 
 from kd_lightning.ablations.grid.recipe import Recipe
 from kd_lightning.ablations.grid.spec import ABLATIONS, Table
 from kd_lightning.ablations.grid.store import RunStore
-from kd_lightning.ablations.report.collect import RowResult, collect
+from kd_lightning.ablations.report.collect import STAGES, collect, difference, gates, table_rows
 from kd_lightning.ablations.report.plot import plot
 from kd_lightning.ablations.report.published import baselines
-from kd_lightning.ablations.report.stats import LEGEND
+from kd_lightning.ablations.report.stats import LEGEND, spread
+from kd_lightning.utils.atomic import atomic_write_bytes, atomic_write_text
 from kd_lightning.utils.hardware import cpu_kernels, cpu_model, usable_cpus
 
-#: (column name, results.json section, metric key) per stage; "acc" metrics are shown in %.
-METRICS: dict[str, list[tuple[str, str, str]]] = {
-    "teacher": [
-        ("test_acc_last", "last", "test/acc"), ("test_acc_best", "best", "test/acc"),
-        ("test_loss_last", "last", "test/loss"), ("test_loss_best", "best", "test/loss"),
-        ("train_loss", "last", "train/loss"), ("train_loss_ce", "last", "train/loss_ce"),
-        ("train_loss_contrastive", "last", "train/loss_contrastive"), ("gate_open", "last", "train/gate_open"),
-        ("d_intra_last", "last", "test/d_intra"), ("d_inter_last", "last", "test/d_inter"),
-        ("ratio_last", "last", "test/ratio"),
-        ("d_intra_best", "best", "test/d_intra"), ("d_inter_best", "best", "test/d_inter"),
-        ("ratio_best", "best", "test/ratio"),
-        ("soft_intra_var_last", "last", "test/soft_intra_var"),
-        ("soft_nontarget_mass_last", "last", "test/soft_nontarget_mass"),
-        ("soft_entropy_last", "last", "test/soft_entropy"),
-    ],
-    "student": [
-        ("test_acc_last", "last", "test/acc"), ("test_acc_best", "best", "test/acc"),
-        ("test_loss_last", "last", "test/loss"), ("test_loss_best", "best", "test/loss"),
-        ("train_loss", "last", "train/loss"), ("train_loss_ce", "last", "train/loss_ce"),
-        ("train_loss_kd", "last", "train/loss_kd"), ("train_loss_rkd", "last", "train/loss_rkd"),
-        ("acc_single_view_last", "last", "test/acc_single_view"),
-        ("acc_multi_view_last", "last", "test/acc_multi_view"),
-        ("soft_intra_var_last", "last", "test/soft_intra_var"),
-    ],
+#: The CSV's metrics per stage: (column name, collect's column: results.json section / metric key).
+_BOTH = [("test_acc_last", "last/test/acc"), ("test_acc_best", "best/test/acc"),
+         ("test_loss_last", "last/test/loss"), ("test_loss_best", "best/test/loss"),
+         ("train_loss", "last/train/loss"), ("train_loss_ce", "last/train/loss_ce")]
+METRICS: dict[str, list[tuple[str, str]]] = {
+    "teacher": _BOTH + [
+        ("train_loss_contrastive", "last/train/loss_contrastive"), ("gate_open", "last/train/gate_open"),
+        ("d_intra_last", "last/test/d_intra"), ("d_inter_last", "last/test/d_inter"), ("ratio_last", "last/test/ratio"),
+        ("d_intra_best", "best/test/d_intra"), ("d_inter_best", "best/test/d_inter"), ("ratio_best", "best/test/ratio"),
+        ("soft_intra_var_last", "last/test/soft_intra_var"),
+        ("soft_nontarget_mass_last", "last/test/soft_nontarget_mass"), ("soft_entropy_last", "last/test/soft_entropy")],
+    "student": _BOTH + [
+        ("train_loss_kd", "last/train/loss_kd"), ("train_loss_rkd", "last/train/loss_rkd"),
+        ("acc_single_view_last", "last/test/acc_single_view"), ("acc_multi_view_last", "last/test/acc_multi_view"),
+        ("soft_intra_var_last", "last/test/soft_intra_var")],
 }
-Column = tuple[str, str, str, str, float, int]  # header, stage, results.json section, metric, scale, digits
+Column = tuple[str, str, str, float, int]  # header, stage, collect's column, scale, digits
 ACCURACY: list[Column] = [
-    ("teacher acc (last)", "teacher", "last", "test/acc", 100.0, 2), ("teacher acc (best)", "teacher", "best", "test/acc", 100.0, 2),
-    ("student acc (last)", "student", "last", "test/acc", 100.0, 2), ("student acc (best)", "student", "best", "test/acc", 100.0, 2),
-    ("open gates (teacher, last epoch)", "teacher", "last", "train/gate_open", 100.0, 1),
-    ("D_intra", "teacher", "last", "test/d_intra", 1.0, 4), ("D_inter", "teacher", "last", "test/d_inter", 1.0, 4),
-    ("R = D_intra / D_inter", "teacher", "last", "test/ratio", 1.0, 3)]
-ACCURACY_NOTE = ("Open gates: % of training rows whose margin passed δ in the last epoch (g_i = 1). Geometry: the teacher's "
-                 "L2-normalised test embeddings with its last-epoch weights (docs/method.md §8); best-epoch values are in "
-                 "the CSV.")
+    ("teacher acc (last)", "teacher", "last/test/acc", 100.0, 2),
+    ("teacher acc (best)", "teacher", "best/test/acc", 100.0, 2),
+    ("student acc (last)", "student", "last/test/acc", 100.0, 2),
+    ("student acc (best)", "student", "best/test/acc", 100.0, 2),
+    ("open gates (teacher, last epoch)", "teacher", "last/train/gate_open", 100.0, 1),
+    ("D_intra", "teacher", "last/test/d_intra", 1.0, 4), ("D_inter", "teacher", "last/test/d_inter", 1.0, 4),
+    ("R = D_intra / D_inter", "teacher", "last/test/ratio", 1.0, 3)]
+ACCURACY_NOTE = ("Open gates: % of training rows whose margin passed δ in the last epoch (g_i = 1). Geometry: the "
+                 "teacher's L2-normalised test embeddings with its last-epoch weights (docs/method.md §8); best-epoch "
+                 "values are in the CSV.")
 SOFT_LABELS: list[Column] = [
-    ("teacher soft_intra_var", "teacher", "last", "test/soft_intra_var", 1.0, 5),
-    ("teacher soft_nontarget_mass", "teacher", "last", "test/soft_nontarget_mass", 1.0, 4),
-    ("teacher soft_entropy", "teacher", "last", "test/soft_entropy", 1.0, 4),
-    ("student acc single-view", "student", "last", "test/acc_single_view", 100.0, 2),
-    ("student acc multi-view", "student", "last", "test/acc_multi_view", 100.0, 2)]
+    ("teacher soft_intra_var", "teacher", "last/test/soft_intra_var", 1.0, 5),
+    ("teacher soft_nontarget_mass", "teacher", "last/test/soft_nontarget_mass", 1.0, 4),
+    ("teacher soft_entropy", "teacher", "last/test/soft_entropy", 1.0, 4),
+    ("student acc single-view", "student", "last/test/acc_single_view", 100.0, 2),
+    ("student acc multi-view", "student", "last/test/acc_multi_view", 100.0, 2)]
 SOFT_LABELS_NOTE = ("Teacher soft labels p = softmax(o / T) at the KD temperature on the test set (docs/method.md §8), "
                     "last-epoch weights; view accuracies: the synthetic set's test images showing one feature of their "
                     "class vs several (— on other data sets).")
 LOSSES: list[Column] = [
-    ("teacher test loss (last)", "teacher", "last", "test/loss", 1.0, 3),
-    ("teacher test loss (best)", "teacher", "best", "test/loss", 1.0, 3),
-    ("teacher train loss", "teacher", "last", "train/loss", 1.0, 3), ("↳ CE", "teacher", "last", "train/loss_ce", 1.0, 3),
-    ("↳ contrastive ℓ (before λ)", "teacher", "last", "train/loss_contrastive", 1.0, 3),
-    ("student test loss (last)", "student", "last", "test/loss", 1.0, 3),
-    ("student test loss (best)", "student", "best", "test/loss", 1.0, 3),
-    ("student train loss", "student", "last", "train/loss", 1.0, 3), ("↳ CE", "student", "last", "train/loss_ce", 1.0, 3),
-    ("↳ KD", "student", "last", "train/loss_kd", 1.0, 3)]
+    ("teacher test loss (last)", "teacher", "last/test/loss", 1.0, 3),
+    ("teacher test loss (best)", "teacher", "best/test/loss", 1.0, 3),
+    ("teacher train loss", "teacher", "last/train/loss", 1.0, 3), ("↳ CE", "teacher", "last/train/loss_ce", 1.0, 3),
+    ("↳ contrastive ℓ (before λ)", "teacher", "last/train/loss_contrastive", 1.0, 3),
+    ("student test loss (last)", "student", "last/test/loss", 1.0, 3),
+    ("student test loss (best)", "student", "best/test/loss", 1.0, 3),
+    ("student train loss", "student", "last/train/loss", 1.0, 3), ("↳ CE", "student", "last/train/loss_ce", 1.0, 3),
+    ("↳ KD", "student", "last/train/loss_kd", 1.0, 3)]
 LOSSES_NOTE = ("Test loss: cross-entropy on the test set. Train losses: the mean over the final epoch's steps; the "
                "teacher's is CE + λ·ℓ, the student's α·CE + β·KD (docs/method.md §3, 5).")
-#: The paired differences to the baseline row (docs/method.md §9): (column, stage, section, key, scale, digits).
-DIFFERENCES = [
-    ("student acc (last)", "student", "last", "test/acc", 100.0, 2),
-    ("student acc (best)", "student", "best", "test/acc", 100.0, 2),
-    ("teacher acc (last)", "teacher", "last", "test/acc", 100.0, 2),
-    ("teacher R", "teacher", "last", "test/ratio", 1.0, 4),
-    ("teacher soft_intra_var", "teacher", "last", "test/soft_intra_var", 1.0, 5),
+#: The paired differences to the baseline row (docs/method.md §9); the CSV names each diff_<stage>_<metric>_<section>.
+DIFFERENCES: list[Column] = [
+    ("student acc (last)", "student", "last/test/acc", 100.0, 2),
+    ("student acc (best)", "student", "best/test/acc", 100.0, 2),
+    ("teacher acc (last)", "teacher", "last/test/acc", 100.0, 2),
+    ("teacher R", "teacher", "last/test/ratio", 1.0, 4),
+    ("teacher soft_intra_var", "teacher", "last/test/soft_intra_var", 1.0, 5),
 ]
+NUMBERS = sorted({c for m in METRICS.values() for _, c in m} | {c[2] for c in ACCURACY + SOFT_LABELS + LOSSES})
 
 
-# --- what the table was run with ------------------------------------------------------------------------------------
-def _counts(values: list[Any]) -> str:
-    distinct = sorted({str(v) for v in values})
-    if len(distinct) <= 1:
-        return distinct[0] if distinct else "unknown"
-    return ", ".join(f"{v} ({sum(str(x) == v for x in values)} runs)" for v in distinct)
-
-
-def _all_results(rows: list[RowResult], stage: str) -> list[dict]:
-    """Every run's results.json once (by its run key): rows share runs (Table D's rows share its two teachers), and a
-    run counted once per row would multiply its training time and run count."""
-    unique = {row.stages[stage].runs[seed]: r for row in rows for seed, r in row.stages[stage].results.items()}
-    return list(unique.values())
-
-
-def describe_data(config: dict) -> str:
-    data = config.get("data") or {}
-    init = data.get("init_args") or {}
-    name = str(data.get("class_path", "?")).rsplit(".", 1)[-1]
-    parts = [name]
-    if "num_classes" in init:
-        parts.append(f"{init['num_classes']} classes")
-    if "train_size" in init:
-        parts.append(f"{init['train_size']} train / {init.get('val_size')} val / {init.get('test_size')} test images")
-    if "image_size" in init:
-        parts.append(f"{init['image_size']}x{init['image_size']}")
-    if "data_dir" in init:
-        parts.append(f"from {init['data_dir']}")
-    if "batch_size" in init:
-        parts.append(f"global batch {init['batch_size']}")
-    return ", ".join(parts)
+def _counts(values) -> str:
+    """The one value, or each with its number of runs."""
+    counts = sorted(Counter(map(str, values)).items())
+    if len(counts) <= 1:
+        return counts[0][0] if counts else "unknown"
+    return ", ".join(f"{value} ({n} runs)" for value, n in counts)
 
 
 def hardware_now() -> str:
@@ -139,280 +110,230 @@ def hardware_now() -> str:
     return text
 
 
-@dataclass
-class Settings:
-    lines: list[tuple[str, str]]
-    warnings: list[str]
-
-
-def settings(rows: list[RowResult], table: Table, data: str, seeds: list[int], want_pair: Optional[str],
-             want_epochs: Optional[int]) -> Settings:
-    teachers, students = _all_results(rows, "teacher"), _all_results(rows, "student")
+def settings(frame: pd.DataFrame, table: Table, data: str, seeds: list[int], want_pair: Optional[str],
+             want_epochs: Optional[int]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The table's header lines and its warnings. Every run counts once: rows share runs (Table D's rows share its two
+    teachers), and a run counted once per row would multiply its training time."""
+    runs = frame[frame.state == "complete"].drop_duplicates("key")
+    by_stage = {stage: runs[runs.stage == stage] for stage in STAGES}
     warnings = []
-    pair_t = [r.get("backbone") for r in teachers]
-    pair_s = [r.get("backbone") for r in students]
-    epochs = {stage: [r.get("epochs") for r in res] for stage, res in (("teacher", teachers), ("student", students))}
-    data_text = _counts([describe_data(r.get("config") or {}) for r in teachers + students]) if teachers else "—"
-    trainers = [(r.get("config") or {}).get("trainer", {}) for r in teachers + students]
-    devices = _counts([f"{t.get('accelerator', '?')} x {t.get('devices', '?')}" for t in trainers])
-    hardware = _counts([r["hardware"] for r in teachers + students if r.get("hardware")])
+    for stage, part in by_stage.items():
+        epochs = list(part.epochs)
+        if len(set(epochs)) > 1:
+            warnings.append(f"the {stage} runs do not all have the same number of epochs: {_counts(epochs)}")
+        if want_epochs and epochs and set(epochs) != {want_epochs}:
+            warnings.append(f"EPOCHS={want_epochs} was asked for but the {stage} runs have {_counts(epochs)} epochs: "
+                            "finished runs are never re-run; delete them or use another RUNS folder")
+    for stage, part in by_stage.items():
+        if part.backbone.nunique(dropna=False) > 1:
+            warnings.append(f"the {stage} runs do not all use the same backbone: {_counts(part.backbone)}")
+    pair_t, pair_s = (_counts(by_stage[stage].backbone) for stage in STAGES)
+    if want_pair and all(len(part) for part in by_stage.values()):
+        want_t, want_s = [p.strip() for p in want_pair.split("->")]
+        if set(by_stage["teacher"].backbone) != {want_t} or set(by_stage["student"].backbone) != {want_s}:
+            warnings.append(f"PAIR={want_pair} was asked for but the runs use {pair_t} -> {pair_s}: "
+                            "finished runs are never re-run; delete them or use another RUNS folder")
+    hardware = _counts(h for h in runs.hardware if h)
     if hardware == "unknown":
         hardware = hardware_now() + " (read when this table was built; results.json does not record it)"
-    wall = sum(float(r.get("wall_seconds") or 0) for r in teachers + students)
-    for stage, values in epochs.items():
-        if len(set(values)) > 1:
-            warnings.append(f"the {stage} runs do not all have the same number of epochs: {_counts(values)}")
-        if want_epochs and values and set(values) != {want_epochs}:
-            warnings.append(f"EPOCHS={want_epochs} was asked for but the {stage} runs have {_counts(values)} epochs: "
-                            "finished runs are never re-run; delete them or use another RUNS folder")
-    for stage, values in (("teacher", pair_t), ("student", pair_s)):
-        if len(set(values)) > 1:
-            warnings.append(f"the {stage} runs do not all use the same backbone: {_counts(values)}")
-    if want_pair and teachers and students:
-        want_t, want_s = [p.strip() for p in want_pair.split("->")]
-        if set(pair_t) != {want_t} or set(pair_s) != {want_s}:
-            warnings.append(f"PAIR={want_pair} was asked for but the runs use {_counts(pair_t)} -> {_counts(pair_s)}: "
-                            "finished runs are never re-run; delete them or use another RUNS folder")
+    synthetic = " — the CPU synthetic proxy, not a paper number" if data == "synthetic" else ""
     lines = [
         ("table", table.title + (f" ({table.heading[len(table.title) + 2:]})" if table.margin_space else "")),
-        ("data", f"{data}: {data_text}" + (" — the CPU synthetic proxy, not a paper number" if data == "synthetic"
-                                           else "")),
-        ("pair", f"{_counts(pair_t)} -> {_counts(pair_s)} (teacher -> student)"),
-        ("epochs", f"teacher {_counts(epochs['teacher'])}, student {_counts(epochs['student'])}"),
+        ("data", f"{data}: {_counts(runs.data) if len(by_stage['teacher']) else '—'}{synthetic}"),
+        ("pair", f"{pair_t} -> {pair_s} (teacher -> student)"),
+        ("epochs", f"teacher {_counts(by_stage['teacher'].epochs)}, student {_counts(by_stage['student'].epochs)}"),
         ("seeds", f"{' '.join(map(str, seeds))} ({len(seeds)} asked for; cells are mean ± sample std over the "
                   "complete seeds, with their count in the last column)"),
-        ("devices", devices),
+        ("devices", _counts(runs.devices)),
         ("hardware", hardware),
-        ("time", f"{wall / 60:.1f} min of training in all (the runs' wall_seconds; a resumed run counts its last "
-                 "part only)"),
+        ("time", f"{runs.wall_seconds.sum() / 60:.1f} min of training in all (the runs' wall_seconds; a resumed run "
+                 "counts its last part only)"),
         ("numbers", "test top-1 accuracy in %; *last* = the last-epoch weights, *best* = the weights of the epoch "
                     "with the highest val/acc (checkpoints/best.ckpt); the student is distilled from the teacher's "
                     "last.ckpt"),
         ("built", time.strftime("%Y-%m-%d %H:%M %Z")),
     ]
-    return Settings(lines, warnings)
-
-
-# --- rendering -----------------------------------------------------------------------------------------------------
-def cell(row: RowResult, stage: str, section: str, key: str, scale: float = 1.0, digits: int = 2) -> str:
-    result = row.stages[stage]
-    stat = result.stat(section, key)
-    if not result.complete_seeds:
-        return result.status
-    return stat.text(scale, digits)
-
-
-def seeds_cell(row: RowResult, seeds: list[int]) -> str:
-    t, s = row.stages["teacher"], row.stages["student"]
-    done = [seed for seed in seeds if t.states.get(seed) == "complete" and s.states.get(seed) == "complete"]
-    if len(done) == len(seeds):
-        return str(len(seeds))
-    why: dict[str, list[int]] = {}
-    for seed in seeds:
-        if seed not in done:
-            reason = f"teacher {t.states[seed]}" if t.states[seed] != "complete" else f"student {s.states[seed]}"
-            why.setdefault(reason, []).append(seed)
-    problems = "; ".join(f"{'seeds' if len(v) > 1 else 'seed'} {', '.join(map(str, v))}: {k}" for k, v in why.items())
-    return f"{len(done)} of {len(seeds)} ({problems})"
+    return lines, warnings
 
 
 def md_table(header: list[str], lines: list[list[str]]) -> list[str]:
+    """A Markdown table, unpadded (pandas' to_markdown needs tabulate, and pads)."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(x) + " |" for x in lines]
 
 
-def section(title: str, columns: list[Column], rows: list[RowResult], note: str, seeds: Optional[list[int]] = None
-            ) -> list[str]:
-    """A section of mean ± std cells, one column per (header, stage, section, key, scale, digits)."""
+def seeds_cell(frame: pd.DataFrame, cell: int, seeds: list[int]) -> str:
+    """How many seeds have both stages complete, and why the others do not."""
+    states = frame[frame.cell == cell].pivot(index="seed", columns="stage", values="state")
+    why: dict[str, list[int]] = {}
+    for seed in seeds:
+        teacher, student = states.at[seed, "teacher"], states.at[seed, "student"]
+        if (teacher, student) != ("complete", "complete"):
+            why.setdefault(f"teacher {teacher}" if teacher != "complete" else f"student {student}", []).append(seed)
+    if not why:
+        return str(len(seeds))
+    problems = "; ".join(f"{'seeds' if len(v) > 1 else 'seed'} {', '.join(map(str, v))}: {k}" for k, v in why.items())
+    return f"{len(seeds) - sum(map(len, why.values()))} of {len(seeds)} ({problems})"
+
+
+def section(title: str, columns: list[Column], frame: pd.DataFrame, rows: pd.DataFrame, note: str,
+            seeds: Optional[list[int]] = None) -> list[str]:
+    """Mean ± std over the complete seeds per cell and column; a stage with none complete says its status."""
+    done = frame[frame.state == "complete"]
+    cells = pd.concat([done[done.stage == stage].groupby("cell")[column].agg(spread, scale=scale, digits=digits)
+                       .reindex(rows.index).astype(object).fillna(rows[f"{stage}_status"])
+                       for _, stage, column, scale, digits in columns], axis=1)
+    lines = [[rows.label[cell], *cells.loc[cell]] + ([seeds_cell(frame, cell, seeds)] if seeds is not None else [])
+             for cell in rows.index]
     header = ["row", *(c[0] for c in columns)] + (["seeds"] if seeds is not None else [])
-    lines = [[r.label, *(cell(r, *c[1:]) for c in columns)] + ([seeds_cell(r, seeds)] if seeds is not None else [])
-             for r in rows]
     return [f"## {title}", "", *md_table(header, lines), "", note, ""]
 
 
-def markdown(rows: list[RowResult], info: Settings, seeds: list[int], title: str, data: str = "") -> str:
-    out = [f"# {title}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in info.lines), ""]
-    out += [f"> **Warning:** {warning}" for warning in info.warnings] + ([""] if info.warnings else [])
-    out += section("Accuracy, open gates and teacher geometry", ACCURACY, rows, ACCURACY_NOTE, seeds)
-    out += differences_section(rows) + published_section(rows, data)
-    out += section("Soft labels and views", SOFT_LABELS, rows, SOFT_LABELS_NOTE) + shared_section(rows)
-    out += section("Losses", LOSSES, rows, LOSSES_NOTE)
-    epochs = max((len(r.stages["teacher"].per_epoch("train/gate_open")) for r in rows), default=0)
+def markdown(frame: pd.DataFrame, rows: pd.DataFrame, deltas: dict, info: tuple[list, list], seeds: list[int],
+             title: str, data: str, students: dict) -> str:
+    lines, warnings = info
+    out = [f"# {title}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in lines), ""]
+    out += [f"> **Warning:** {warning}" for warning in warnings] + ([""] if warnings else [])
+    out += section("Accuracy, open gates and teacher geometry", ACCURACY, frame, rows, ACCURACY_NOTE, seeds)
+    out += differences_section(rows, deltas) + published_section(frame, rows, data, students)
+    out += section("Soft labels and views", SOFT_LABELS, frame, rows, SOFT_LABELS_NOTE)
+    shared = rows[rows.shared_with != ""]
+    if len(shared):
+        out += ["## Runs shared with other tables", "",
+                "Rows that ask for the same training are trained once (kd_lightning/ablations/runs.py):", ""]
+        out += [f"- {r.label}: run `{r.run}`, also {r.shared_with}" for r in shared.itertuples()] + [""]
+    out += section("Losses", LOSSES, frame, rows, LOSSES_NOTE)
+    by_epoch = gates(frame, rows)
+    epochs = max(map(len, by_epoch.values()), default=0)
     if epochs:
         lines = []
-        for r in rows:
-            series = r.stages["teacher"].per_epoch("train/gate_open")
-            cells = [("—" if v is None else f"{100 * v:.1f}") for v in series] or [r.stages["teacher"].status]
-            lines.append([r.label, *cells, *[""] * (epochs - len(cells))])
+        for cell, series in by_epoch.items():
+            cells = [("—" if math.isnan(v) else f"{100 * v:.1f}") for v in series] or [rows.teacher_status[cell]]
+            lines.append([rows.label[cell], *cells, *[""] * (epochs - len(cells))])
         out += ["## Open gates per epoch (teacher, % of training rows, mean over seeds)", "",
                 *md_table(["row", *(f"ep {e}" for e in range(epochs))], lines), ""]
-    errors = [e for r in rows for e in r.errors]
+    errors = list(frame.error.dropna())
     if errors:
         out += ["## Runs that are not complete", ""] + [f"- {e}" for e in errors] + [""]
     return "\n".join(out)
 
 
-def differences_section(rows: list[RowResult]) -> list[str]:
-    """Each row minus the plain cross-entropy teacher row, seed by seed (docs/method.md §9)."""
-    student_table = len({r.student.name for r in rows}) > 1
-    what = "the same student method's plain CE teacher row" if student_table else "the plain CE teacher row"
+def differences_section(rows: pd.DataFrame, deltas: dict) -> list[str]:
+    """Each row minus its baseline row, seed by seed (docs/method.md §9), and the headline Δ in words."""
+    several = rows.student.nunique() > 1
+    what = "the same student method's plain CE teacher row" if several else "the plain CE teacher row"
     out = [f"## Paired differences to {what}", ""]
-    if not any(r.baseline for r in rows):
+    if not rows.baseline.any():
         return out + ["This table has no plain cross-entropy teacher row: no baseline to pair with.", ""]
-    out += [
-        "| row | " + " | ".join(f"Δ {name}" for name, *_ in DIFFERENCES) + " | seeds paired |",
-        "|---|" + "---|" * (len(DIFFERENCES) + 1),
-    ]
-    for r in rows:
-        base = r.base
-        if base is None:
-            out.append(f"| {r.label} | " + " | ".join(["baseline"] * len(DIFFERENCES)) + " | |")
+    lines = []
+    for cell, r in rows.iterrows():
+        if r.base is None:
+            # its "seeds paired" cell is empty, and written "| |" as it always has been
+            lines.append([r.label, *["baseline"] * (len(DIFFERENCES) - 1), "baseline |"])
             continue
-        diffs = [r.difference(base, stage, section, key) for _, stage, section, key, _, _ in DIFFERENCES]
-        # No seed to pair: say why (the row's or the baseline's state), never a number.
-        cells = [d.text(scale, digits) if d.n else _unpaired(r, base, stage)
-                 for d, (_, stage, _, _, scale, digits) in zip(diffs, DIFFERENCES)]
-        out.append(f"| {r.label} | " + " | ".join(cells) + f" | {max(d.n for d in diffs)} |")
+        cells = []
+        for d, (_, stage, _, scale, digits) in zip(deltas[cell], DIFFERENCES):
+            # No seed to pair: say why (the row's or the baseline's state), never a number.
+            base = rows.loc[r.base]
+            unpaired = (r[f"{stage}_status"] if not r[f"{stage}_seeds_complete"]
+                        else f"baseline {base[f'{stage}_status']}" if not base[f"{stage}_seeds_complete"]
+                        else "no common seed")
+            cells.append(d.text(scale, digits) if d.n else unpaired)
+        lines.append([r.label, *cells, str(max(d.n for d in deltas[cell]))])
+    out += md_table(["row", *(f"Δ {c[0]}" for c in DIFFERENCES), "seeds paired"], lines)
     out += ["", f"Δ = row − {what} over the seeds both completed (accuracy in points): {LEGEND}. No mark = not "
             "significant, which says only what the interval rules out (below). A single seed has no interval and is "
             "no result.", ""]
-    return out + verdict_section(rows)
+    name, _, _, scale, digits = DIFFERENCES[0]
+    verdicts = [f"- {rows.label[cell]}: {d[0].verdict(scale, digits)}" for cell, d in deltas.items() if d[0] and d[0].n]
+    return out + ([f"What Δ {name} shows, row by row:", "", *verdicts, ""] if verdicts else [])
 
 
-def verdict_section(rows: list[RowResult]) -> list[str]:
-    """The headline Δ (student acc, last epoch) of each row in words: what it shows or rules out (stats.verdict)."""
-    name, stage, section, key, scale, digits = DIFFERENCES[0]
-    lines = [f"- {r.label}: {r.difference(r.base, stage, section, key).verdict(scale, digits)}"
-             for r in rows if r.base is not None and r.difference(r.base, stage, section, key).n]
-    return ([f"What Δ {name} shows, row by row:", ""] + lines + [""]) if lines else []
-
-
-def _backbone(row: RowResult, stage: str) -> Optional[str]:
-    names = {r.get("backbone") for r in row.stages[stage].results.values()}
-    return names.pop() if len(names) == 1 else None
-
-
-def published_section(rows: list[RowResult], data: str) -> list[str]:
+def published_section(frame: pd.DataFrame, rows: pd.DataFrame, data: str, students: dict) -> list[str]:
     """Our best-epoch student (and plain-CE teacher) accuracy beside the published number of the same method and pair
     (published.py), with the difference; the published figures are best-epoch numbers of 240-epoch runs."""
     out = ["## Published numbers", ""]
     if data != "cifar100":
         return out + [f"No published number applies: these runs are on `{data}`, not CIFAR-100.", ""]
     lines, notes = [], set()
-    for r in rows:
-        teacher, student = _backbone(r, "teacher"), _backbone(r, "student")
-        card = r.student.card
-        checks = [("student", card.label, "student", card.published_for(teacher or "", student or ""))]
+    done = frame[frame.state == "complete"]
+    for cell, r in rows.iterrows():
+        runs = {stage: done[(done.cell == cell) & (done.stage == stage)] for stage in STAGES}
+        teacher, student = (runs[s].backbone.iloc[0] if runs[s].backbone.nunique() == 1 else "" for s in STAGES)
+        card = students[r.student].card
+        checks = [("student", card.label, "student", card.published_for(teacher, student))]
         if r.baseline:  # the plain-CE teacher is the papers' teacher
-            checks.append(("teacher", "teacher", "teacher", baselines(teacher or "", student or "", "teacher")))
+            checks.append(("teacher", "teacher", "teacher", baselines(teacher, student, "teacher")))
         for stage, method, who, numbers in checks:
-            ours = r.stages[stage].stat("best", "test/acc")
+            ours = runs[stage]["best/test/acc"].dropna()
             for p in numbers:
-                epochs = {x.get("epochs") for x in r.stages[stage].results.values()}
+                epochs = set(runs[stage].epochs)
                 if epochs != {p.epochs}:
                     notes.add(f"our {stage} runs have {', '.join(map(str, sorted(epochs, key=str)))} epochs, the "
                               f"published ones {p.epochs}")
-                diff = "—" if ours.mean is None else f"{ours.mean * 100 - p.top1:+.2f}"
-                spread = f" ± {p.spread:.2f}" if p.spread is not None else ""
-                lines.append(f"| {r.label} | {who} {method} | {p.pair} | {ours.text(100.0, 2)} | {p.top1:.2f}{spread} "
-                             f"| {diff} | {p.epoch} | {p.source} |")
+                diff = "—" if ours.empty else f"{ours.mean() * 100 - p.top1:+.2f}"
+                spread_ = f" ± {p.spread:.2f}" if p.spread is not None else ""
+                lines.append([r.label, f"{who} {method}", p.pair, spread(ours, 100.0), f"{p.top1:.2f}{spread_}", diff,
+                              str(p.epoch), p.source])
     if not lines:
         return out + ["No published number is listed for this pair and these methods "
                       "(the method cards, kd_lightning/distillation/).", ""]
-    out += ["| row | what | pair | ours (best epoch, %) | published (%) | ours − published | published epoch "
-            "| source |", "|---|---|---|---|---|---|---|---|"] + lines
+    out += md_table(["row", "what", "pair", "ours (best epoch, %)", "published (%)", "ours − published",
+                     "published epoch", "source"], lines)
     out += ["", "Ours: the best-epoch weights' test accuracy (highest val/acc), mean ± sample std over seeds; the "
             "published figures are the best test accuracy over training where the source says so (\"published epoch\"). "
             "Our recipe is this framework's (METHOD.md), not the source's code: a difference of a few tenths is within "
             "the run-to-run spread the sources report."]
-    out += [f"Differs from the paper: {note}." for note in sorted(notes)]
-    return out + [""]
+    return out + [f"Differs from the paper: {note}." for note in sorted(notes)] + [""]
 
 
-def _unpaired(row: RowResult, base: RowResult, stage: str) -> str:
-    mine, theirs = row.stages[stage], base.stages[stage]
-    if not mine.complete_seeds:
-        return mine.status
-    return f"baseline {theirs.status}" if not theirs.complete_seeds else "no common seed"
+def number(value) -> str:
+    """The CSV's number: empty, never 0, when there is none."""
+    return "" if value is None or pd.isna(value) else f"{value:.6g}"
 
 
-def shared_section(rows: list[RowResult]) -> list[str]:
-    shared = [r for r in rows if r.shared_with]
-    if not shared:
-        return []
-    out = ["## Runs shared with other tables", "",
-           "Rows that ask for the same training are trained once (kd_lightning/ablations/runs.py):", ""]
-    out += [f"- {r.label}: run `{r.run}`, also {'; '.join(r.shared_with)}" for r in shared]
-    return out + [""]
-
-
-def csv_text(rows: list[RowResult], seeds: list[int], tid: str, data: str) -> str:
-    """One line per row: its states, every metric's mean, std and n, every Δ with its interval (pandas writes it)."""
-    import pandas as pd
-
-    header = ["table", "data", "row", "label", "run", "seeds_asked", "teacher_status", "student_status",
-              "teacher_seeds_complete", "student_seeds_complete"]
-    header += [f"{stage}_{name}_{what}" for stage, metrics in METRICS.items() for name, _, _ in metrics
-               for what in ("mean", "std", "n")]
-    header += [f"diff_{stage}_{key.split('/')[1]}_{section}_{what}" for _, stage, section, key, _, _ in DIFFERENCES
-               for what in ("mean", "ci_low", "ci_high", "n")]
-    header += ["teacher_gate_open_by_epoch", "teacher_wall_seconds", "student_wall_seconds"]
-    fmt = lambda v: "" if v is None else f"{v:.6g}"  # noqa: E731 - empty, never 0, when there is no number
-    lines = []
-    for r in rows:
-        t, s = r.stages["teacher"], r.stages["student"]
-        line = [tid, data, r.name, r.label, r.run, " ".join(map(str, seeds)), t.status, s.status,
-                len(t.complete_seeds), len(s.complete_seeds)]
-        for stage, metrics in METRICS.items():
-            for _, section, key in metrics:
-                stat = r.stages[stage].stat(section, key)
-                line += [fmt(stat.mean), fmt(stat.std), stat.n if r.stages[stage].complete_seeds else ""]
-        for _, stage, section, key, _, _ in DIFFERENCES:
-            d = r.difference(r.base, stage, section, key) if r.base is not None else None
-            low, high = (d.interval if d is not None else None) or (None, None)
-            line += [fmt(d.mean), fmt(low), fmt(high), d.n] if d else ["", "", "", ""]
-        line.append(";".join(fmt(v) for v in t.per_epoch("train/gate_open")))
-        line += [fmt(sum(float(x.get("wall_seconds") or 0) for x in st.results.values())) if st.results else ""
-                 for st in (t, s)]
-        lines.append(line)
-    return pd.DataFrame(lines, columns=header, dtype=object).to_csv(index=False, lineterminator="\n")
-
-
-def write_atomic_bytes(path: Path, data: bytes) -> None:
-    """kd_lightning.utils.atomic has text and JSON only: the same temporary-sibling-then-rename, for bytes."""
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a picture is for everyone who may read the folder
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def csv_text(frame: pd.DataFrame, rows: pd.DataFrame, deltas: dict, seeds: list[int], tid: str, data: str) -> str:
+    """One line per row: its states, every metric's mean, std and n, every Δ with its interval."""
+    done = frame[frame.state == "complete"]
+    cells = pd.MultiIndex.from_product([STAGES, rows.index])  # a stage with no complete run: empty
+    stats = done.groupby(["stage", "cell"])[NUMBERS].agg(["mean", "std", "count"]).reindex(cells)
+    walls = done.groupby(["stage", "cell"]).wall_seconds.sum().reindex(cells)
+    out = {"table": tid, "data": data, "row": rows.row, "label": rows.label, "run": rows.run,
+           "seeds_asked": " ".join(map(str, seeds))}
+    out |= {f"{stage}_{what}": rows[f"{stage}_{what}"] for what in ("status", "seeds_complete") for stage in STAGES}
+    for stage, metrics in METRICS.items():
+        for name, column in metrics:
+            for what, agg in (("mean", "mean"), ("std", "std"), ("n", "count")):
+                out[f"{stage}_{name}_{what}"] = stats.loc[stage][(column, agg)].to_numpy()
+    for i, (_, stage, column, _, _) in enumerate(DIFFERENCES):
+        section, _, key = column.split("/")
+        name = f"diff_{stage}_{key}_{section}"
+        ds = [deltas[cell][i] for cell in rows.index]
+        intervals = [(d.interval if d else None) or (None, None) for d in ds]
+        out |= {f"{name}_mean": [d and d.mean for d in ds], f"{name}_ci_low": [i[0] for i in intervals],
+                f"{name}_ci_high": [i[1] for i in intervals], f"{name}_n": [d and d.n for d in ds]}
+    out["teacher_gate_open_by_epoch"] = [";".join(map(number, g)) for g in gates(frame, rows).values()]
+    out |= {f"{stage}_wall_seconds": walls.loc[stage].to_numpy() for stage in STAGES}
+    table = pd.DataFrame(out).map(lambda v: v if isinstance(v, str) else number(v))
+    return table.to_csv(index=False, lineterminator="\n")
 
 
 def build(table: Table, recipe: Recipe, seeds: list[int], store: RunStore, out: Path,
           ablations: Path = ABLATIONS, strict: bool = True) -> int:
     """Write <out>/<table id>.md, .csv, .png and say so; the table's problems (incomplete runs, runs that do not
     match the request) go to stderr. Returns 1 when there are any and `strict`, else 0."""
-    from kd_lightning.utils.atomic import atomic_write_text
-
-    rows = collect(table, recipe, seeds, store, ablations)
-    want_pair = "->".join(recipe.pair) if recipe.pair else None
-    info = settings(rows, table, recipe.data, seeds, want_pair, recipe.epochs)
+    frame = collect(table, recipe, seeds, store, ablations)
+    frame = frame.reindex(columns=[*frame.columns, *(c for c in NUMBERS if c not in frame)])
+    rows = table_rows(frame)
+    deltas = {cell: [difference(frame, cell, stage, column) for _, stage, column, _, _ in DIFFERENCES]
+              for cell in rows.index}
+    info = settings(frame, table, recipe.data, seeds, "->".join(recipe.pair) if recipe.pair else None, recipe.epochs)
     title = f"{table.heading} — {recipe.data}"
     paths = [out / f"{table.id}.md", out / f"{table.id}.csv", out / f"{table.id}.png"]
-    atomic_write_text(paths[0], markdown(rows, info, seeds, title, recipe.data))
-    atomic_write_text(paths[1], csv_text(rows, seeds, table.id, recipe.data))
-    write_atomic_bytes(paths[2], plot(rows, title, dict(info.lines)))
-    problems = [e for r in rows for e in r.errors] + info.warnings
-    problems += [f"{key}: missing" for r in rows for key in r.missing]
+    atomic_write_text(paths[0], markdown(frame, rows, deltas, info, seeds, title, recipe.data,
+                                         {row.name: row for row in table.students}))
+    atomic_write_text(paths[1], csv_text(frame, rows, deltas, seeds, table.id, recipe.data))
+    atomic_write_bytes(paths[2], plot(frame, rows, title, dict(info[0])))
+    problems = list(frame.error.dropna()) + info[1] + [f"{key}: missing" for key in frame.key[frame.state == "missing"]]
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)
     if problems:
         sys.stderr.write(f"ablations: {table.id} is not complete (seeds {' '.join(map(str, seeds))}):\n"
