@@ -1,4 +1,4 @@
-"""`python -m kd_lightning.ablations COMMAND`: train and build the ablation tables (docs/ablations.md; `COMMAND --help`).
+"""`python -m kd_lightning.ablations COMMAND`: train and build the ablation tables (docs/ablations.md).
 
     python -m kd_lightning.ablations status margin --seeds 0 1
     python -m kd_lightning.ablations build margin --data synthetic --seeds 0 1 2 3 4

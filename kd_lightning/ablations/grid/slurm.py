@@ -225,7 +225,8 @@ def wait_grid(job_ids: list[str], poll_s: float = 5.0, jobs: Optional[dict[str, 
         release_requeued(left)
         for job_id, job in (jobs or {}).items():
             if job_id not in left and store is not None and store.state(job).value == "failed":
-                say(f"[slurm] {job.key} failed: {(store.results(job) or {}).get('error', '')}; not waiting for the rest")
+                error = (store.results(job) or {}).get("error", "")
+                say(f"[slurm] {job.key} failed: {error}; not waiting for the rest")
                 return False
         if left:
             time.sleep(poll_s)
@@ -268,8 +269,10 @@ def add_launcher_options(parser) -> None:
 
 def settings_of(ns, proxy: bool) -> SlurmSettings:
     """make's SLURM_* variables; GPUs and CPUs unset: the dataclass's on the proxy, *_OFF_PROXY elsewhere."""
-    gpus = ns.slurm_gpus if ns.slurm_gpus is not None else (SlurmSettings.gpus if proxy else SlurmSettings.GPUS_OFF_PROXY)
-    cpus = ns.slurm_cpus if ns.slurm_cpus is not None else (SlurmSettings.cpus if proxy else SlurmSettings.CPUS_OFF_PROXY)
+    gpus, cpus = (SlurmSettings.gpus, SlurmSettings.cpus) if proxy else (SlurmSettings.GPUS_OFF_PROXY,
+                                                                         SlurmSettings.CPUS_OFF_PROXY)
+    gpus = gpus if ns.slurm_gpus is None else ns.slurm_gpus
+    cpus = cpus if ns.slurm_cpus is None else ns.slurm_cpus
     return SlurmSettings(partition=ns.slurm_partition or "", time=ns.slurm_time, gpus=gpus, cpus=cpus,
                          extra=ns.slurm_extra or "", signal_delay_s=ns.slurm_signal_delay)
 
