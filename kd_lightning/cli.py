@@ -27,7 +27,6 @@ A LightningCLI whose model is chosen by `model.class_path` (TeacherModule or Stu
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
@@ -47,6 +46,7 @@ import kd_lightning.modules  # noqa: F401
 import kd_lightning.objectives  # noqa: F401
 from kd_lightning.error_report import report_user_errors
 from kd_lightning.exceptions import CheckpointError, RunFolderError, StaleRunError
+from kd_lightning.identity import defaults_of, digest, run_identity
 from kd_lightning.utils.checkpoint import load_checkpoint_file
 from kd_lightning.utils.config_files import check_config_files
 from kd_lightning.utils.console_noise import drop_unset_wandb_anonymous, silence_known_noise
@@ -261,7 +261,7 @@ class KDLightningCLI(LightningCLI):
     @staticmethod
     def _choose_sync_batchnorm(trainer: Any) -> None:
         # torch's SyncBatchNorm raises on CPU tensors: on the CPU each process keeps its own BatchNorm statistics
-        # (the table runner then counts the world size as part of the run's identity, ablations/identity.py).
+        # (the table runner then counts the world size as part of the run's identity, kd_lightning/identity.py).
         if trainer.sync_batchnorm and not sync_batchnorm_applies(trainer.accelerator, True):
             trainer.sync_batchnorm = False
 
@@ -336,11 +336,15 @@ class KDLightningCLI(LightningCLI):
         # gives the dump with link targets.
         self._dump_config()
         dumped = json.dumps(self.config_dump, sort_keys=True, default=str)
-        # The digest names the experiment: resuming (ckpt_path) must not change it.
-        recipe = json.dumps({k: v for k, v in json.loads(dumped).items() if k != "ckpt_path"}, sort_keys=True)
+        # The run's identity without its seed (kd_lightning/identity.py): resuming, the hardware and the logging do
+        # not change it, and a table run's digest is its run folder's hash suffix. `_parser` (LightningCLI's, private,
+        # tested with pytorch-lightning 2.6.x): the defaults of this subcommand's options, read only for an option
+        # that identity v1 did not know.
+        config_digest = digest(run_identity(self.config[self.subcommand],
+                                            lambda: defaults_of(self._parser(self.subcommand))))
         writer.extra.update({
             "seed": self.config_dump.get("seed_everything"),
-            "config_digest": hashlib.sha256(recipe.encode()).hexdigest()[:16],
+            "config_digest": config_digest,
             "config": json.loads(dumped),
             "hardware": describe_hardware(
                 "cuda" if self.trainer.strategy.root_device.type == "cuda" else "cpu", self.trainer.world_size

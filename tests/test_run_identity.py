@@ -126,3 +126,32 @@ def test_devices_default_to_one_process():
     with_defaults = resolve(["--config", "configs/trainer/default.yaml", "--config", "configs/data/cifar100.yaml",
                              "--config", "configs/teacher/resnet32x4.yaml"], "test")
     assert with_defaults.trainer.devices == 1  # was "auto": every GPU of the node
+
+
+# --- a new option with its default value changes no run's identity ----------------------------------------------
+def test_a_new_option_at_its_default_keeps_every_identity(monkeypatch):
+    from kd_lightning import identity as core
+    from kd_lightning.ablations.grid.identity import resolve
+
+    ns = resolve(["--config", "configs/demo/data.yaml", "--config", "configs/demo/teacher.yaml"], "test")
+    before = core.digest(core.canonical(ns))
+    fit_defaults = {**core._fit_defaults(), "fake_new_option": 7}
+    monkeypatch.setattr(core, "class_defaults", lambda path: {"fake_new_arg": 3})
+    for option, arg, same in ((7, 3, True), (8, 3, False), (7, 4, False)):
+        changed = ns.clone()
+        changed["fake_new_option"] = option  # an option of the parser that identity v1 did not know
+        changed["model.init_args.fake_new_arg"] = arg  # likewise, a new constructor argument of the model
+        after = core.digest(core.canonical(changed, lambda: fit_defaults))
+        assert (after == before) is same, (option, arg)
+    # A key identity v1 knew counts at its default too: dropping it would rename every run folder.
+    assert "trainer.max_epochs" in core.KNOWN_KEYS[""]
+
+
+def test_what_lambda_zero_ignores_is_what_the_teacher_class_declares(monkeypatch):
+    from kd_lightning.modules import TeacherModule
+
+    args = ["--model.contrastive_weight=0", "--model.memory_size=8"]
+    assert runs.teacher_run(PROXY, args).name == "plain_ce"
+    monkeypatch.setattr(TeacherModule, "CONTRASTIVE_ONLY",
+                        tuple(a for a in TeacherModule.CONTRASTIVE_ONLY if a != "memory_size"))
+    assert runs.teacher_run(PROXY, args).name == "plain_ce+memory_size=8"

@@ -569,6 +569,10 @@ def test_table_b_after_table_a_trains_no_run_twice(tiny_tables):
     teacher_ckpt = student_dir / student["config"]["model"]["init_args"]["teacher_checkpoint"]
     assert teacher_ckpt.resolve() == (paper / "seed0/teacher/checkpoints/last.ckpt").resolve()
     assert student["last"]["test/soft_entropy"] is not None
+    # results.json's config_digest is the run's identity hash, its folder's suffix (a teacher's: its run's folder).
+    for path in (base / "runs").rglob("results.json"):
+        folder = path.parents[2] if path.parent.name == "teacher" else path.parent
+        assert json.loads(path.read_text())["config_digest"] == folder.name.rsplit("-", 1)[1], path
 
 
 def test_make_resumes_an_interrupted_table_without_rerunning_finished_runs(tiny_tables):

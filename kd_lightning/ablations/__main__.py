@@ -1,20 +1,14 @@
-"""`python -m kd_lightning.ablations COMMAND`: train and build the ablation tables.
+"""`python -m kd_lightning.ablations COMMAND`: train and build the ablation tables (docs/ablations.md).
 
-    run TABLE... [--seeds 0 1 2] [--jobs 2]   train every run the tables need (each distinct run once, resumed when
-                                              interrupted, never re-run when finished), then build the tables
-    build TABLE... [--seeds 0 1]              build results/<table id>.md/.csv/.png from the runs there are: every
-                                              seed found under --runs unless --seeds says which; a table with no
-                                              run at all is skipped (and named); exit 0 when one table was built
-    status TABLE... [--seeds 0 1]             one line per run: complete, pending/running (Slurm job id), requeued,
-                                              failed (its log), missing
-    migrate OLD_RUNS                          move runs of the old layout (<data>/<teacher>/seed<k>/<stage>) into the
-                                              run store (grid/store.py) under --runs
-    sweep ...                                 the W&B sweep program, or `sweep --write` (configs/sweeps/)
-    expand [SWEEP.yaml...]                    the commands a sweep's agents would run (offline)
-    seeds-needed [TABLE...] --effect 0.5      per row, the seeds that would detect that Δ (points) with 80% power
+    python -m kd_lightning.ablations status margin --seeds 0 1
+    python -m kd_lightning.ablations build margin --data synthetic --seeds 0 1 2 3 4
 
-TABLE: a folder of configs/ablations with a table.yaml (margin, contrastive, lambda, students), or all.
-Recipe options (make's variables): --data --pair --epochs --devices --args --runs --ablations.
+run trains every run the tables need (each distinct run once, resumed when interrupted, never re-run when finished)
+and builds them; build builds them from the runs there are (every seed found unless --seeds; a table with no run is
+skipped and named; exit 0 when one was built); status prints one line per run; migrate moves runs of the old layout
+into the store; sweep is the W&B sweep program (`sweep --write`: configs/sweeps/); expand prints the commands a
+sweep's agents would run; seeds-needed the seeds per row that detect --effect Δ (points) with 80% power.
+TABLE: a folder of configs/ablations with a table.yaml, or all.
 """
 from __future__ import annotations
 
@@ -24,8 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from kd_lightning.ablations.grid import slurm
-from kd_lightning.ablations.grid.local import run_jobs
-from kd_lightning.ablations.grid.recipe import Recipe
+from kd_lightning.ablations.grid.local import gpu_slots, run_jobs, visible_gpus
+from kd_lightning.ablations.grid.recipe import Recipe, add_recipe_options, recipe_of
 from kd_lightning.ablations.grid.runs import Job, grid_jobs, unique
 from kd_lightning.ablations.grid.spec import ROOT, Table, table_names, tables_of
 from kd_lightning.ablations.grid.store import RunStore
@@ -81,12 +75,7 @@ def build_all(tables: list[Table], recipe: Recipe, seeds: list[int], store: RunS
     return max((build(table, recipe, seeds, store, out) for table in tables), default=0)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "sweep":
-        return agent.main(argv[1:])
-    if argv and argv[0] == "expand":
-        return expand.main(argv[1:])
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kd_lightning.ablations", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,20 +88,27 @@ def main(argv: Optional[list[str]] = None) -> int:
                               "seed found under --runs)")
         sub.add_argument("--margin_space", default="prob", help="prob | logit (tables that declare margin_space)")
         sub.add_argument("--out", default=str(ROOT / "results"), help="folder of the built tables")
-        agent.add_recipe_options(sub)
+        sub.add_argument("--dry-run", action="store_true", help="print what would run or be built, do nothing")
+        add_recipe_options(sub)
         if name == "run":
             sub.add_argument("--jobs", type=int, default=1, help="runs trained at once (each gets cores / jobs "
                              "threads and GPUs / jobs GPUs); a student waits for its teacher")
             slurm.add_launcher_options(sub)
         if name == "seeds-needed":
             sub.add_argument("--effect", type=float, required=True, help="the true Δ to detect, in points")
-        sub.add_argument("--dry-run", action="store_true", help="print what would run or be built, do nothing")
     sub = commands.add_parser("migrate", help="move runs of the old layout into the run store under --runs")
     sub.add_argument("old", help="the old runs folder (<data>/<teacher run>/seed<k>/<stage>)")
-    agent.add_recipe_options(sub)
+    add_recipe_options(sub)
     commands.add_parser("sweep", help="the W&B sweep program (see `sweep --help`)")
     commands.add_parser("expand", help="the commands a sweep file's agents would run")
-    ns = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["sweep"], ["expand"]):  # programs with their own options
+        return (agent.main if argv[0] == "sweep" else expand.main)(argv[1:])
+    ns = parser().parse_args(argv)
     try:
         # A user's mistake (KDLightningError): one line and exit code 2; anything else: its traceback and a line
         # saying it is a bug to report (kd_lightning/error_report.py).
@@ -126,19 +122,17 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    recipe = agent.recipe_of(ns)
-    store = RunStore(ns.runs)
+    recipe, store = recipe_of(ns), RunStore(ns.runs)
     if ns.command == "migrate":
         from kd_lightning.ablations.grid.migrate import migrate
 
         return migrate(Path(ns.old), recipe, store, Path(ns.ablations))
-    tables = tables_of(ns.tables, ns.margin_space, ns.ablations)
+    tables, out = tables_of(ns.tables, ns.margin_space, ns.ablations), Path(ns.out)
     if ns.command == "seeds-needed":
         if ns.effect <= 0:
             raise UserValueError(f"--effect must be > 0 accuracy points, got {ns.effect}")
         print(seeds_needed.report(tables, recipe, store, ns.effect, ns.seeds))
         return 0
-    out = Path(ns.out)
     if ns.command == "build":
         return build_found(tables, recipe, ns.seeds, store, out, dry_run=ns.dry_run)
     if ns.command == "status":
@@ -146,24 +140,18 @@ def _run(ns: argparse.Namespace) -> int:
         return 0
     jobs_by_seed = {seed: grid_jobs(recipe, tables, seed) for seed in ns.seeds}  # the whole grid resolved first
     if ns.launcher == "slurm":
-        settings = slurm.settings_of(ns, recipe.proxy)
-        if ns.dry_run:
-            return slurm.dry_run(jobs_by_seed, recipe, store, settings)
-        finished = slurm.run_grid(jobs_by_seed, recipe, store, settings, wait=ns.wait)
-        if not ns.wait:  # submitted: the runs are still to train
+        finished = slurm.run_grid(jobs_by_seed, recipe, store, slurm.settings_of(ns, recipe.proxy), ns.wait,
+                                  ns.dry_run)
+        if ns.dry_run or not ns.wait:  # nothing submitted, or submitted: the runs are still to train
             return 0
         return max(build_all(tables, recipe, ns.seeds, store, out), 0 if finished else 1)
-    from kd_lightning.ablations.grid.local import gpu_slots, visible_gpus
-
     gpu_slots(ns.jobs, recipe.devices, visible_gpus())  # JOBS x DEVICES must fit the box before anything runs
-    done: list[int] = []
-    for seed, jobs in jobs_by_seed.items():  # seed by seed, so that the tables fill up as seeds finish
+    for done, (seed, jobs) in enumerate(jobs_by_seed.items(), 1):  # seed by seed: the tables fill up as seeds finish
         print(f"[ablations] seed {seed}: {len(jobs)} runs for {', '.join(t.id for t in tables)} "
               f"({sum(j.stage == 'teacher' for j in jobs)} teachers)", flush=True)
         run_jobs(jobs, recipe, store, parallel=ns.jobs, dry_run=ns.dry_run)
-        done.append(seed)
         if not ns.dry_run:
-            build_all(tables, recipe, done, store, out)
+            build_all(tables, recipe, list(jobs_by_seed)[:done], store, out)
     return 0 if ns.dry_run else build_all(tables, recipe, ns.seeds, store, out)
 
 

@@ -40,6 +40,10 @@ class TeacherModule(ClassifierModule):
     """
 
     train_views = 2
+    #: The arguments only the contrastive term reads (contrastive_weight aside): at λ = 0 they change no gradient,
+    #: so every λ = 0 teacher is one run whatever they say (the table runner, kd_lightning/ablations/grid/runs.py).
+    CONTRASTIVE_ONLY = ("objective", "gate_delta", "gate_space", "memory_size", "projection_dim",
+                        "gather_distributed")
 
     def __init__(
         self,

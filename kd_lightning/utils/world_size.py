@@ -1,7 +1,7 @@
 """How many processes a trainer config asks for, and whether their BatchNorm layers see one batch or their own share.
 
 Shared by the CLI (which turns SyncBatchNorm on by default when there is more than one process) and the run identity
-of the ablation tables (kd_lightning/ablations/identity.py), so both decide the same way.
+of the ablation tables (kd_lightning/identity.py), so both decide the same way.
 """
 from __future__ import annotations
 

@@ -1,14 +1,6 @@
-"""Bring runs to "complete" on this machine: each job is a plain `kd-lightning fit` (recipe.py composes it), resumed
-when it was interrupted and never re-run when it finished. JOBS run at once, a student after its teacher.
-
-    complete                        nothing (a finished run is never re-run); its recipe.json must match the recipe
-    running / interrupted / failed  resumed with --ckpt_path=last when checkpoints/last.ckpt exists, else restarted
-    missing                         started
-
-A student whose teacher is not complete is recorded as failed. A run's output goes to its train.log and, one line
-per epoch, to the console, prefixed with the run's key. On a box with GPUs each concurrent run gets GPUs of its own
-(CUDA_VISIBLE_DEVICES, gpu_slots): the grid is spread over the GPUs, one run per GPU set.
-"""
+"""Bring runs to "complete" on this machine (docs/cluster.md §1): each job a plain `kd-lightning fit` (recipe.py),
+resumed from its last.ckpt when interrupted, never re-run when finished; JOBS at once, each with its own GPU set, a
+student after its teacher (a student whose teacher is not complete is recorded as failed)."""
 from __future__ import annotations
 
 import os

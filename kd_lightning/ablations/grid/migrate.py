@@ -1,11 +1,5 @@
-"""`python -m kd_lightning.ablations migrate OLD --runs NEW`: move runs of the layout before the run store into it.
-
-The old layout named a run by its teacher's changes and its student row only, `<data>/<teacher run>/seed<k>/teacher`,
-`.../student` (KD) and `.../student-<row>`, with the demo's lone student in `<data>/alone/seed<k>/student`. Every run
-the tables and the demo ask for under this recipe is looked up there and moved to its store folder, and its
-recipe.json rewritten with the command it has now; a run whose recorded config differs from what the recipe asks for
-is left where it is and named (it is another recipe's run).
-"""
+"""`migrate OLD --runs NEW`: move the runs of the layout before the store (<data>/<teacher run>/seed<k>/<stage>) into
+it; a run whose recorded config differs from what the recipe asks for is another recipe's: left there and named."""
 from __future__ import annotations
 
 import shutil

@@ -1,27 +1,16 @@
-"""How a run of a table row becomes a `kd-lightning fit` command: which configs, in which order.
-
-    configs/trainer/default.yaml            W&B logger (offline unless configured), 240 epochs
-    data configs                            synthetic: configs/demo/data.yaml (the demo's set and schedule)
-                                            cifar100 / tiny_imagenet: configs/data/<data>.yaml
-    stage config                            synthetic: configs/demo/{teacher,student}.yaml (the demo's recipe)
-                                            otherwise: configs/teacher/<T>.yaml, configs/student/<S>.yaml
-    --model.backbone=...                    when a pair is given on the synthetic proxy
-    extra args (make's ARGS)                e.g. --config configs/fast/gpu.yaml
-    student args (make's STUDENT_ARGS)      students only, after the row's: e.g. --model.distillation.init_args.beta=4
-    --trainer.max_epochs / devices / seed / default_root_dir / teacher_checkpoint
-    the run's own arguments                 the teacher's canonical overlay (runs.py), a student variant's config
-
-They come last, so their values win over everything before it (the same holds for a sweep's swept values).
-The synthetic proxy is the demo: `make demo` and `make tables` (DATA=synthetic) train the very same runs.
-"""
+"""How a run of a table row becomes a `kd-lightning fit` command: the trainer config, the data and stage configs (the
+demo's, configs/demo/, on the synthetic proxy), ARGS, the run's own settings, the row's arguments last so they win,
+then STUDENT_ARGS for students (docs/ablations.md, "Runs, resuming, failures")."""
 from __future__ import annotations
 
+import argparse
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from kd_lightning.ablations.grid.spec import ROOT, find_backbone, rel
+from kd_lightning.ablations.grid.spec import ABLATIONS, ROOT, find_backbone, rel
 from kd_lightning.exceptions import UserFileError, UserValueError
 
 DATASETS = ("synthetic", "cifar100", "tiny_imagenet")
@@ -91,20 +80,12 @@ class Recipe:
         path = ROOT / "configs" / stage / f"{name}.yaml"
         if not path.is_file():
             have = sorted(p.stem for p in (ROOT / "configs" / stage).glob("*.yaml") if p.stem not in ("alone", "rkd"))
-            raise UserFileError(
-                f"no {stage} config for backbone {name!r} ({path}); PAIR takes {stage}s from: {', '.join(have)}"
-            )
+            raise UserFileError(f"no {stage} config for backbone {name!r} ({path}); PAIR takes {stage}s from: "
+                                f"{', '.join(have)}")
         return path
 
-    def command(
-        self,
-        stage: str,
-        run_dir: Path,
-        seed: int,
-        row_args: list[str],
-        teacher_checkpoint: Optional[Path] = None,
-        resume: bool = False,
-    ) -> list[str]:
+    def command(self, stage: str, run_dir: Path, seed: int, row_args: list[str],
+                teacher_checkpoint: Optional[Path] = None, resume: bool = False) -> list[str]:
         """The full `python -m kd_lightning fit ...` command of one run; `row_args` go last."""
         args = [sys.executable, "-m", "kd_lightning", "fit"]
         for path in self.configs(stage):
@@ -130,3 +111,30 @@ class Recipe:
 def fit_args(command: list[str]) -> list[str]:
     """The arguments after `fit` of a command from Recipe.command()."""
     return command[command.index("fit") + 1:]
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """The table-wide settings (make's variables), shared by the runner's commands and the sweep program."""
+    parser.add_argument("--data", default="synthetic", help="synthetic | cifar100 | tiny_imagenet")
+    parser.add_argument("--pair", default="", help="TEACHER->STUDENT backbones (default: the data set's)")
+    parser.add_argument("--epochs", default="", help="trainer.max_epochs of every run (default: the configs')")
+    parser.add_argument("--devices", default="", help="trainer.devices; N > 1 adds --trainer.strategy=ddp")
+    parser.add_argument("--args", default="", help="extra kd-lightning arguments for every run (one shell string)")
+    parser.add_argument("--student_args", default="", help="extra arguments for the students only (a method's "
+                        "setting: it wins over the method card's setting for the pair)")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "ablations"), help="root folder of the runs")
+    parser.add_argument("--ablations", default=str(ABLATIONS), help="folder of the tables (configs/ablations)")
+
+
+def recipe_of(ns: argparse.Namespace) -> Recipe:
+    """The recipe that add_recipe_options' options give; a bad value is one error naming make's variable."""
+    if ns.epochs and not str(ns.epochs).isdigit():
+        raise UserValueError(f"EPOCHS must be a whole number, got {ns.epochs!r}")
+    words = {}
+    for name, text in (("ARGS", ns.args), ("STUDENT_ARGS", getattr(ns, "student_args", ""))):
+        try:
+            words[name] = shlex.split(text or "")
+        except ValueError as err:
+            raise UserValueError(f"{name} is not a valid shell string ({err}): {text!r}") from None
+    return Recipe(data=ns.data, pair=parse_pair(ns.pair), epochs=int(ns.epochs) if ns.epochs else None,
+                  devices=ns.devices or None, extra=words["ARGS"], student_extra=words["STUDENT_ARGS"])

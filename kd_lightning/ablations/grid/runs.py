@@ -1,40 +1,27 @@
-"""Which training a table row asks for, so that rows that ask for the same training share one run.
-
-A teacher run is named by what its resolved config (the CLI's own parser, identity.py) changes in the recipe's
-teacher config: the init_args leaves of `model` that differ after the row and the table's margin space are applied
-(any other key that differs is named by its dotted path), compared as values, so 5e-2 is 0.05:
-
-    (nothing)                                   "paper": the recipe's own teacher (intra-class, δ 0.5, λ 0.05)
-    gate_delta 0.1                              "gate_delta=0.1"
-    InterClassContrastive                       "objective=InterClassContrastive"
-    logit space, δ 1.0                          "gate_delta=1.0+gate_space=logit"
-    λ = 0, or the NoContrastive objective       "plain_ce", whatever the objective, gate and memory say
-    λ = 0 and lr 0.1                            "plain_ce+lr=0.1"
-
-The last rule is what the method says: with no contrastive term the objective, the gate and the memory change no
-gradient, so Table A's "λ = 0", Table B's "NoContrastive" and Table C's "λ = 0" rows are one plain cross-entropy
-teacher (trained as NoContrastive with λ = 0, its gate settings the recipe's). Likewise Table A's δ = 0.5, Table B's
-intra-class and Table C's λ = 0.05 are all "paper". The name is for people; the run store (store.py) files a run
-under it and the hash of its resolved config, so two recipes never share a folder.
-"""
+"""Which training a table row asks for, so that rows asking for the same training share one run (docs/ablations.md,
+"A run is trained once"). A teacher run is named by what its resolved config changes in the recipe's teacher:
+nothing is "paper", `gate_delta=0.1`, `objective=InterClassContrastive`, a change outside model.init_args by its
+dotted key, and every teacher without a contrastive term is "plain_ce" (see teacher_run)."""
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from kd_lightning.ablations.grid.identity import digest, identity
+from kd_lightning.ablations.grid.identity import identity, resolve
 from kd_lightning.ablations.grid.recipe import Recipe, fit_args
 from kd_lightning.ablations.grid.spec import ROOT, Row, Table, rel
-from kd_lightning.exceptions import RowError
+from kd_lightning.identity import digest, run_identity
 
 PAPER = "paper"
 PLAIN_CE = "plain_ce"
-ALONE = "alone"
 NO_CONTRASTIVE = "kd_lightning.objectives.NoContrastive"
 OBJECTIVE = "objective.class_path"
+#: Keys outside model.init_args are named with this prefix in TeacherRun.changes (e.g. "=trainer.max_epochs").
+_OUTSIDE_MODEL = "="
 
 
 def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
@@ -47,23 +34,9 @@ def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _short(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, str) and "." in value and value.startswith("kd_lightning."):
-        return value.rsplit(".", 1)[1]
-    return str(value)
-
-
 def _arg_value(value: Any) -> str:
     """A resolved value as a `--key=value` argument jsonargparse reads back as the same value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value)
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 @dataclass(frozen=True)
@@ -74,7 +47,7 @@ class TeacherRun:
     changes: tuple[tuple[str, Any], ...] = ()
 
     def args(self) -> list[str]:
-        """The `kd-lightning fit` arguments that make the recipe's teacher this one (dotted keys)."""
+        """The `kd-lightning fit` arguments that make the recipe's teacher this one."""
         out = []
         for key, value in self.changes:
             if key == OBJECTIVE:
@@ -86,52 +59,53 @@ class TeacherRun:
         return out
 
 
-#: Keys outside model.init_args are named with this prefix in TeacherRun.changes (e.g. "=trainer.max_epochs").
-_OUTSIDE_MODEL = "="
-#: With no contrastive term these change no gradient (docs/method.md §3): a plain CE teacher whatever they say.
-_CONTRASTIVE_ONLY = ("objective.", "contrastive_weight", "gate_delta", "gate_space", "memory_size", "projection_dim",
-                     "gather_distributed")
-
-
 def teacher_config(recipe: Recipe, args: list[str], source: str) -> dict[str, Any]:
     """The teacher's resolved identity (identity.py), flattened to dotted keys; model.init_args keys bare."""
-    command = recipe.command("teacher", Path("/run"), 0, args)
-    config = identity(fit_args(command), source)
-    model = ((config.pop("model", None) or {}).get("init_args")) or {}
+    config = identity(fit_args(recipe.command("teacher", Path("/run"), 0, args)), source)
+    model = config.pop("model", None) or {}
     config.pop("seed_everything", None)  # the run's folder names the seed
-    return {**_flatten(model), **{_OUTSIDE_MODEL + k: v for k, v in _flatten(config).items()}}
+    return {**_flatten(model.get("init_args") or {}), "=model.class_path": model.get("class_path"),
+            **{_OUTSIDE_MODEL + k: v for k, v in _flatten(config).items()}}
 
 
-def _source(row_args: list[str]) -> str:
-    files = [row_args[i + 1] for i, a in enumerate(row_args[:-1]) if a == "--config"]
-    return ", ".join(files) if files else f"arguments {' '.join(row_args)}" if row_args else "the recipe"
+def _contrastive_only(class_path: str) -> tuple[str, ...]:
+    """The model's arguments that only its contrastive term reads, as its class declares them (CONTRASTIVE_ONLY)."""
+    module, _, name = class_path.rpartition(".")
+    return tuple(getattr(getattr(importlib.import_module(module), name), "CONTRASTIVE_ONLY", ()))
 
 
 def teacher_run(recipe: Recipe, row_args: list[str], margin_space: str = "prob", source: str = "") -> TeacherRun:
     """The run that `row_args` (a row's `--config FILE`, or a sweep agent's dotted keys) asks for, named by what its
-    resolved config changes in the recipe's teacher (see the module docstring). Bad arguments raise RowError naming
-    `source` (default: the row files among `row_args`)."""
-    source = source or _source(list(row_args))
+    resolved config changes in the recipe's teacher. Bad arguments raise RowError naming `source` (default: the row
+    files among `row_args`).
+
+    With no contrastive term (λ = 0, or the NoContrastive objective) the arguments the teacher class declares
+    contrastive-only change no gradient: such a row is the run "plain_ce" (trained as NoContrastive with λ = 0 and
+    the recipe's values of those arguments), named by its other changes only. The rule reads the class's own
+    declaration, so an argument added there is covered where it is defined."""
+    files = [b for a, b in zip(row_args, row_args[1:]) if a == "--config"]
+    source = source or ", ".join(files) or (f"arguments {' '.join(row_args)}" if row_args else "the recipe")
     base = teacher_config(recipe, [], "the recipe's teacher config")
     extra = [f"--model.gate_space={margin_space}"] if margin_space != "prob" else []
     merged = teacher_config(recipe, extra + list(row_args), source)
     changes = tuple(sorted((k, v) for k, v in merged.items() if base.get(k, object()) != v))
     if not merged.get("contrastive_weight") or merged.get(OBJECTIVE) == NO_CONTRASTIVE:
         plain = ((OBJECTIVE, NO_CONTRASTIVE), ("contrastive_weight", 0.0))
-        rest = tuple((k, v) for k, v in changes if not k.startswith(_CONTRASTIVE_ONLY))
-        if not rest:
-            return TeacherRun(PLAIN_CE, plain)
+        ignored = {"contrastive_weight", *_contrastive_only(merged["=model.class_path"])}
+        rest = tuple((k, v) for k, v in changes if k.split(".")[0] not in ignored)
         return TeacherRun(_name(PLAIN_CE, rest), plain + rest)
-    if not changes:
-        return TeacherRun(PAPER)
-    return TeacherRun(_name("", changes), changes)
+    return TeacherRun(_name("", changes) or PAPER, changes)
 
 
 def _name(prefix: str, changes: tuple[tuple[str, Any], ...]) -> str:
-    parts = [prefix] if prefix else []
-    parts += [f"{k.lstrip(_OUTSIDE_MODEL).replace('.class_path', '')}={_short(v)}" for k, v in changes]
-    return re.sub(r"[^A-Za-z0-9_.=+-]", "", "+".join(parts))
+    def short(value: Any) -> str:  # a class of the package by its name
+        if value is None:
+            return "null"
+        return value.rsplit(".", 1)[1] if isinstance(value, str) and value.startswith("kd_lightning.") else str(value)
 
+    parts = [prefix] if prefix else []
+    parts += [f"{k.lstrip(_OUTSIDE_MODEL).replace('.class_path', '')}={short(v)}" for k, v in changes]
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "", "+".join(parts))
 
 
 @dataclass(frozen=True)
@@ -140,7 +114,7 @@ class Job:
 
     name:     readable: the teacher run's name (above), or the student row's (its method card's) name
     args:     the run's own arguments, last on its command line
-    digest:   the hash of its resolved config without the seed (identity.py): with the seed, its whole identity
+    digest:   the hash of its resolved config without the seed (kd_lightning/identity.py)
     settings: the pair settings it runs with: (dotted key, value, where the value comes from)
     """
 
@@ -163,9 +137,7 @@ class Job:
 
 def run_digest(recipe: Recipe, stage: str, args: list[str], source: str) -> str:
     """The hash of what the run computes, its seed aside (the seed is a folder of its own)."""
-    config = identity(fit_args(recipe.command(stage, Path("/run"), 0, args)), source)
-    config.pop("seed_everything", None)
-    return digest(config)
+    return digest(run_identity(resolve(fit_args(recipe.command(stage, Path("/run"), 0, args)), source)))
 
 
 def teacher_job(recipe: Recipe, teacher: TeacherRun, seed: int) -> Job:
@@ -177,13 +149,12 @@ def teacher_job(recipe: Recipe, teacher: TeacherRun, seed: int) -> Job:
 def student_job(recipe: Recipe, teacher: Optional[Job], seed: int, row: Row) -> Job:
     """A student row (a method card) under `recipe`: its overlay and proxy arguments, and its settings for the
     recipe's pair unless ARGS gives the same key."""
-    card = row.card
     settings: list[tuple[str, str, str]] = []
     pair = (recipe.backbone("teacher"), recipe.backbone("student"))
-    if card is not None and None not in pair:
+    if row.card is not None and None not in pair:
         given = recipe.given_keys()
-        for key, value in card.settings_for(*pair).items():
-            source = "ARGS" if key in given else f"method card {card.name!r}, pair {pair[0]}->{pair[1]}"
+        for key, value in row.card.settings_for(*pair).items():
+            source = "ARGS" if key in given else f"method card {row.card.name!r}, pair {pair[0]}->{pair[1]}"
             settings.append((key, _arg_value(value), source))
     args = tuple(row.config_args(recipe.proxy)) + tuple(f"--{k}={v}" for k, v, s in settings if s != "ARGS")
     return Job(recipe.data, seed, "student", row.name, args,
@@ -205,11 +176,8 @@ def table_jobs(recipe: Recipe, table: Table, seed: int) -> list[tuple[Row, Row, 
 
 def grid_jobs(recipe: Recipe, tables: list[Table], seed: int) -> list[Job]:
     """Every run the tables need for one seed, each distinct run once: a teacher before its students."""
-    jobs: list[Job] = []
-    for table in tables:
-        for _, _, student in table_jobs(recipe, table, seed):
-            jobs += [student.teacher, student]
-    return unique(jobs)
+    return unique([job for table in tables for *_, student in table_jobs(recipe, table, seed)
+                   for job in (student.teacher, student)])
 
 
 def unique(jobs: list[Job]) -> list[Job]:

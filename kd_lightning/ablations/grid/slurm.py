@@ -1,29 +1,7 @@
-"""The Slurm launcher of the table runner (`--launcher slurm`, make's LAUNCHER=slurm): every run of the grid is one
-Slurm job, submitted through submitit (which writes the job scripts), a student's job after its teacher's
-(`--dependency=afterany`), the whole grid at once; the command returns once it is submitted (or, with --wait, once
-the grid's jobs have left the queue).
-
-A job runs `runner.run_job`, the very function the local runner runs: same run folder, same recipe check and OS lock,
-same `kd-lightning fit` command, resumed with --ckpt_path=last when the run has a last.ckpt; its OMP_NUM_THREADS is
-the job's --cpus-per-task. The run folder records the job in `slurm.json` (job id, submitit log), so submitting the
-grid again is idempotent:
-
-    results.json complete                       nothing submitted
-    slurm.json's job pending or running         nothing submitted (Slurm is asked: squeue)
-    anything else (failed, cancelled, timed     submitted again; run_job resumes it from checkpoints/last.ckpt
-    out, interrupted, never submitted)
-
-Queue states come from `squeue` (what is pending or running), and what a finished job did from the run's own
-results.json: no Slurm accounting (sacct/slurmdbd) is needed, which small clusters and the tests' one-node Slurm
-often lack. The time limit: Slurm sends SIGTERM to the job's processes `lead_s` seconds before it (`--signal=TERM@s`;
-Slurm's 30-s event loop may send it up to 60 s earlier, so a short limit asks for a short lead; in place of
-submitit's USR2, which the `kd-lightning fit` child has no handler for), the runner passes it on to the fit, which
-records "interrupted" with its last epoch's last.ckpt, and the job requeues itself (`scontrol requeue`): same job id,
-so its students' dependency still waits, and the requeued job resumes the run. A job whose last `MAX_STALLS` starts
-made no new epoch is failed instead of requeued forever (one start may lose its whole window to that early signal). A student starts once its teacher's job has ended (`afterany`, not `afterok`: a job whose run completed
-may still be ended by its time limit's signal, exit 143) and trains only when its teacher's results.json says
-complete; otherwise it records "failed" (its teacher is not complete) at once, and the next submission submits both.
-"""
+"""The Slurm launcher (`--launcher slurm`, docs/cluster.md §2): one submitit job per run, running local.run_job (the
+same folder, recipe check, lock and command), a student's job after its teacher's (`afterany`: a job whose run
+completed may still end by its time limit's signal, exit 143). At its limit a job requeues itself, keeping its id so
+its students still wait; `squeue` and each run's results.json say what is queued or done (no Slurm accounting)."""
 from __future__ import annotations
 
 import os
@@ -247,7 +225,8 @@ def wait_grid(job_ids: list[str], poll_s: float = 5.0, jobs: Optional[dict[str, 
         release_requeued(left)
         for job_id, job in (jobs or {}).items():
             if job_id not in left and store is not None and store.state(job).value == "failed":
-                say(f"[slurm] {job.key} failed: {(store.results(job) or {}).get('error', '')}; not waiting for the rest")
+                error = (store.results(job) or {}).get("error", "")
+                say(f"[slurm] {job.key} failed: {error}; not waiting for the rest")
                 return False
         if left:
             time.sleep(poll_s)
@@ -276,55 +255,49 @@ def add_launcher_options(parser) -> None:
     """`run`'s launcher options (make's LAUNCHER, SLURM_* and WAIT variables)."""
     parser.add_argument("--launcher", default="local", choices=("local", "slurm"),
                         help="local: train here, --jobs at a time; slurm: submit every run as a Slurm job")
-    defaults = SlurmSettings()
-    parser.add_argument("--slurm_partition", default=defaults.partition, help="sbatch --partition (default: the "
-                        "cluster's)")
-    parser.add_argument("--slurm_time", type=int, default=defaults.time, help="time limit per job, minutes")
-    parser.add_argument("--slurm_gpus", type=int, default=None, help="GPUs per job (--gpus-per-node; default "
-                        f"{defaults.gpus} on the synthetic proxy, {SlurmSettings.GPUS_OFF_PROXY} elsewhere)")
-    parser.add_argument("--slurm_cpus", type=int, default=None, help="--cpus-per-task (= the run's threads; default "
-                        f"{defaults.cpus} on the synthetic proxy, {SlurmSettings.CPUS_OFF_PROXY} elsewhere)")
+    parser.add_argument("--slurm_partition", default="", help="sbatch --partition (default: the cluster's)")
+    parser.add_argument("--slurm_time", type=int, default=SlurmSettings.time, help="time limit per job, minutes")
+    parser.add_argument("--slurm_gpus", type=int, help=f"GPUs per job (--gpus-per-node; default {SlurmSettings.gpus} "
+                        f"on the synthetic proxy, {SlurmSettings.GPUS_OFF_PROXY} elsewhere)")
+    parser.add_argument("--slurm_cpus", type=int, help=f"--cpus-per-task (= the run's threads; default "
+                        f"{SlurmSettings.cpus} on the synthetic proxy, {SlurmSettings.CPUS_OFF_PROXY} elsewhere)")
     parser.add_argument("--slurm_extra", default="", help="raw extra sbatch options, e.g. '--qos=high --account=lab'")
-    parser.add_argument("--slurm_signal_delay", type=int, default=defaults.signal_delay_s,
+    parser.add_argument("--slurm_signal_delay", type=int, default=SlurmSettings.signal_delay_s,
                         help="seconds before the time limit the job gets SIGTERM (it checkpoints and stops)")
     parser.add_argument("--wait", action="store_true", help="slurm: wait for the grid's jobs, then build the tables")
 
 
 def settings_of(ns, proxy: bool) -> SlurmSettings:
     """make's SLURM_* variables; GPUs and CPUs unset: the dataclass's on the proxy, *_OFF_PROXY elsewhere."""
-    gpus = ns.slurm_gpus if ns.slurm_gpus is not None else (SlurmSettings.gpus if proxy else SlurmSettings.GPUS_OFF_PROXY)
-    cpus = ns.slurm_cpus if ns.slurm_cpus is not None else (SlurmSettings.cpus if proxy else SlurmSettings.CPUS_OFF_PROXY)
+    gpus, cpus = (SlurmSettings.gpus, SlurmSettings.cpus) if proxy else (SlurmSettings.GPUS_OFF_PROXY,
+                                                                         SlurmSettings.CPUS_OFF_PROXY)
+    gpus = gpus if ns.slurm_gpus is None else ns.slurm_gpus
+    cpus = cpus if ns.slurm_cpus is None else ns.slurm_cpus
     return SlurmSettings(partition=ns.slurm_partition or "", time=ns.slurm_time, gpus=gpus, cpus=cpus,
                          extra=ns.slurm_extra or "", signal_delay_s=ns.slurm_signal_delay)
 
 
-def dry_run(jobs_by_seed: dict[int, list[Job]], recipe: Recipe, store: RunStore, settings: SlurmSettings) -> int:
-    """`--dry-run` with LAUNCHER=slurm: what would be submitted, with which sbatch settings; nothing is."""
-    for seed, jobs in jobs_by_seed.items():
-        check_jobs(jobs, recipe, store)
-        for job in jobs:
-            print(f"[slurm] would submit {job.key} ({settings.time} min, {settings.cpus} CPUs, {settings.gpus} GPUs"
-                  + (f", after {job.teacher.key}" if job.teacher is not None else "") + ")", flush=True)
-    return 0
-
-
 def run_grid(jobs_by_seed: dict[int, list[Job]], recipe: Recipe, store: RunStore, settings: SlurmSettings,
-             wait: bool) -> bool:
-    """Submit every seed's runs at once; with `wait`, block until they left the queue. Returns whether the tables
-    should be built now (wait), since without it the runs are still to train."""
-    submitted: list[str] = []
+             wait: bool, dry_run: bool = False) -> bool:
+    """Submit every seed's runs at once (dry_run: say what would be submitted); with `wait`, block until they left
+    the queue. Returns whether no run failed while waited for."""
     by_id: dict[str, Job] = {}
     for seed, jobs in jobs_by_seed.items():
-        print(f"[slurm] seed {seed}: {len(jobs)} runs", flush=True)
+        if dry_run:
+            check_jobs(jobs, recipe, store)
+            for job in jobs:
+                say(f"[slurm] would submit {job.key} ({settings.time} min, {settings.cpus} CPUs, {settings.gpus} GPUs"
+                    + (f", after {job.teacher.key}" if job.teacher is not None else "") + ")")
+            continue
+        say(f"[slurm] seed {seed}: {len(jobs)} runs")
         keys = {job.key: job for job in jobs}
-        for key, (what, job_id) in submit_grid(jobs, recipe, store, settings).items():
-            if what in ("submitted", "pending", "running"):
-                submitted.append(job_id)
-                by_id[job_id] = keys[key]
+        by_id.update({job_id: keys[key] for key, (what, job_id) in submit_grid(jobs, recipe, store, settings).items()
+                      if what in ("submitted", "pending", "running")})
+    if dry_run:
+        return True
     if not wait:
-        print(f"[slurm] {len(submitted)} jobs queued; `make tables-status` (same variables) says how they are "
-              "doing; rerun this command to resubmit what failed, or `make table-build` once they are done",
-              flush=True)
-        return False
-    print(f"[slurm] waiting for {len(submitted)} jobs", flush=True)
-    return wait_grid(submitted, jobs=by_id, store=store)
+        say(f"[slurm] {len(by_id)} jobs queued; `make tables-status` (same variables) says how they are doing; "
+            "rerun this command to resubmit what failed, or `make table-build` once they are done")
+        return True
+    say(f"[slurm] waiting for {len(by_id)} jobs")
+    return wait_grid(list(by_id), jobs=by_id, store=store)

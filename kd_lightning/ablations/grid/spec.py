@@ -1,17 +1,5 @@
-"""A table as data: teacher rows x student rows x seeds, declared by its manifest `configs/ablations/<table>/table.yaml`.
-
-    title: "Table A: margin δ of the gate"
-    margin_space: true            # the table takes MARGIN_SPACE (its teachers' gate space); logit: id `<table>-logit`
-    teachers:                     # teacher rows, in table order: a row file `<name>.yaml` here (a config overlay on
-      - name: delta_0.1           # the teacher config) and/or `args` (kd-lightning fit arguments); `proxy`: arguments
-        label: "δ = 0.1"          # added on the synthetic proxy only
-    students: [kd]                # method cards (kd_lightning.distillation.registry) by name, or `all` for every one
-
-A student row is a method card: its overlay file, its proxy arguments, and its settings for the recipe's teacher ->
-student pair (`card.pair_settings`), which an explicit `ARGS` value of the same key overrides. A table with one
-student row labels its rows by teacher; with several, each row is "student ← teacher". jsonargparse validates the
-manifest against Manifest, so a misspelt field is an error.
-"""
+"""A table as data: teacher rows x student rows (method cards) x seeds, declared by its manifest
+configs/ablations/<table>/table.yaml (docs/ablations.md), validated against Manifest by jsonargparse."""
 from __future__ import annotations
 
 import os

@@ -1,15 +1,6 @@
-"""The run store: the one place that knows where a run lives and what its files say.
-
-    <RUNS>/<data>/<teacher name>-<teacher hash>/seed<k>/teacher/                  a teacher
-    <RUNS>/<data>/<teacher name>-<teacher hash>/seed<k>/<student>-<student hash>/ a student distilled from it
-    <RUNS>/<data>/alone/seed<k>/<student>-<student hash>/                         a student trained alone
-
-A hash is that of the run's resolved config without its seed (runs.run_digest): two recipes that compute different
-things (another PAIR, EPOCHS, ARGS, row) never share a folder, and the readable name in front is for people only:
-a run is found by its hash, so renaming a row or a method orphans nothing. A run folder holds results.json (what
-`kd-lightning fit` measured, with its status), recipe.json (the command and the resolved config it was started
-with, checked before a finished run is kept or an interrupted one resumed), the OS lock and the logs.
-"""
+"""The run store: the one place that knows where a run lives and what its files say (docs/ablations.md, "Runs,
+resuming, failures"): <RUNS>/<data>/<teacher name>-<hash>/seed<k>/{teacher,<student>-<hash>}/ and
+<RUNS>/<data>/alone/seed<k>/<student>-<hash>/. A run is found by its hash; the name in front is for people."""
 from __future__ import annotations
 
 import enum

@@ -1,42 +1,20 @@
-"""W&B sweeps of the ablation tables: the program a sweep agent runs, and the writer of configs/sweeps/<table>.yaml.
-
-    wandb sweep configs/sweeps/margin.yaml          # prints the sweep id
-    wandb agent <entity>/<project>/<sweep id>       # from the repository root, with .venv activated
-
-Each agent run is one row of the table: the teacher with the swept values, then the student distilled from it, both
-through the runner (grid/local.py; the same run folders as `make table-<name>`, so a run that make or another agent
-finished, for this table or another that shares it, is not trained again). The agent's W&B run gets the student's test accuracy as the sweep metric (`student/test_acc`,
-last-epoch weights) beside the other numbers of the row; the teacher and student runs log to W&B themselves, grouped
-by row. The agent runs
-
-    /usr/bin/env python -m kd_lightning.ablations sweep --table=margin --data=synthetic ... --seed_everything=0 --model.X=...
-
-where everything before the agent's arguments is fixed by the sweep file, and the agent's arguments (CLI dotted keys)
-come after the table's configs in the teacher's `kd-lightning fit` command, so the swept values win.
-
-The sweep files are written from the rows (one source of truth): `python -m kd_lightning.ablations sweep --write`
-(make sweeps).
-A table with several student rows (Table D) sweeps `teacher` and `student`, the names of its rows. A table whose
-teacher rows each change one and the same key sweeps that key (`model.contrastive_weight`, `model.objective`);
-a table whose rows change different keys (Table A: δ, and λ = 0 for its plain-CE row) sweeps `model.init_args` with
-each row's changes as a YAML mapping, e.g. `--model.init_args={gate_delta: 0.1}`. None is written `null`: the agent
-formats values with Python's str(), and jsonargparse reads `None` as a string.
-The file's `program` names this package's entry point; the `command` runs it as a module (`python -m`).
-"""
+"""W&B sweeps of the tables (docs/ablations.md, "W&B sweep agents"): the writer of configs/sweeps/<table>.yaml, from
+the rows, and the program an agent runs, one row and seed each (the teacher, then its student, through
+local.run_job, so into the tables' run folders). The agent's dotted-key arguments come after the table's configs, so
+the swept values win; None is written `null`, since the agent formats values with str() and jsonargparse reads `None`
+as a string."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import re
-import shlex
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from kd_lightning.ablations.grid.local import job_command, run_job
-from kd_lightning.ablations.grid.recipe import Recipe, parse_pair
+from kd_lightning.ablations.grid.recipe import Recipe, add_recipe_options, recipe_of
 from kd_lightning.ablations.grid.runs import Job, student_job, table_teachers, teacher_config, teacher_job, teacher_run
 from kd_lightning.ablations.grid.spec import ABLATIONS, ROOT, Row, Table, load_table, table_names
 from kd_lightning.ablations.grid.store import RunState, RunStore
@@ -74,10 +52,9 @@ def model_overrides(row: Row) -> dict[str, Any]:
 
 
 def sweep_parameters(table: Table) -> dict[str, list[Any]]:
-    """The swept parameters that walk a table's rows: {CLI dotted key or program option: values, in row order}.
-
-    Several student rows: `teacher` and `student`, the rows' names. One: the one model key every teacher row
-    changes, or `model.init_args` with each row's changes as a YAML mapping. None is written `null`."""
+    """The swept parameters that walk a table's rows, {key: values in row order}: with several student rows
+    `teacher` and `student` (the rows' names); else the one model key every teacher row changes, or
+    `model.init_args` with each row's changes as a YAML mapping (Table A: δ, and λ = 0 for its plain-CE row)."""
     import yaml
 
     if len(table.students) > 1:
@@ -147,12 +124,9 @@ def write_sweeps(seeds: list[int], out: Path = SWEEPS, data: str = "synthetic", 
                  ablations: Path = ABLATIONS) -> list[Path]:
     from kd_lightning.utils.atomic import atomic_write_text
 
-    paths = []
     for name in table_names(ablations):
-        path = out / f"{name}.yaml"
-        atomic_write_text(path, sweep_text(load_table(name, root=ablations), seeds, data, fixed))
-        paths.append(path)
-    return paths
+        atomic_write_text(out / f"{name}.yaml", sweep_text(load_table(name, root=ablations), seeds, data, fixed))
+    return [out / f"{name}.yaml" for name in table_names(ablations)]
 
 
 # --- the agent's program ---------------------------------------------------------------------------------------------
@@ -170,8 +144,7 @@ def parse_swept(extra: list[str]) -> dict[str, str]:
 def print_configs(recipe: Recipe, jobs: list[Job], store: RunStore, which: str = "both") -> int:
     """`--print_config[=teacher|student|both]`: the resolved configs of this agent run's runs, one YAML document each
     (teacher first), each printed by a `kd-lightning fit --print_config` child run in the repository root."""
-    chosen = jobs if which == "both" else [jobs[0] if which == "teacher" else jobs[1]]
-    for i, job in enumerate(chosen):
+    for i, job in enumerate(jobs if which == "both" else [jobs[1 if which == "student" else 0]]):
         if i:
             print("---", flush=True)
         code = subprocess.run(job_command(job, recipe, store) + ["--print_config"], cwd=ROOT).returncode
@@ -231,33 +204,6 @@ def agent_jobs(table: Table, recipe: Recipe, swept: dict[str, str], extra: list[
     return row_for_args(table, swept, recipe), [teacher, student_job(recipe, teacher, seed, table.students[0])]
 
 
-def add_recipe_options(parser: argparse.ArgumentParser) -> None:
-    """The table-wide settings (make's variables), shared by the runner's commands and the sweep program."""
-    parser.add_argument("--data", default="synthetic", help="synthetic | cifar100 | tiny_imagenet")
-    parser.add_argument("--pair", default="", help="TEACHER->STUDENT backbones (default: the data set's)")
-    parser.add_argument("--epochs", default="", help="trainer.max_epochs of every run (default: the configs')")
-    parser.add_argument("--devices", default="", help="trainer.devices; N > 1 adds --trainer.strategy=ddp")
-    parser.add_argument("--args", default="", help="extra kd-lightning arguments for every run (one shell string)")
-    parser.add_argument("--student_args", default="", help="extra arguments for the students only (a method's "
-                        "setting: it wins over the method card's setting for the pair)")
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "ablations"), help="root folder of the runs")
-    parser.add_argument("--ablations", default=str(ABLATIONS), help="folder of the tables (configs/ablations)")
-
-
-def recipe_of(ns: argparse.Namespace) -> Recipe:
-    if ns.epochs and not str(ns.epochs).isdigit():
-        raise UserValueError(f"EPOCHS must be a whole number, got {ns.epochs!r}")
-    def words(name: str, text: str) -> list[str]:
-        try:
-            return shlex.split(text or "")
-        except ValueError as err:
-            raise UserValueError(f"{name} is not a valid shell string ({err}): {text!r}") from None
-
-    return Recipe(data=ns.data, pair=parse_pair(ns.pair), epochs=int(ns.epochs) if ns.epochs else None,
-                  devices=ns.devices or None, extra=words("ARGS", ns.args),
-                  student_extra=words("STUDENT_ARGS", getattr(ns, "student_args", "")))
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kd_lightning.ablations sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
@@ -298,7 +244,3 @@ def _main(parser: argparse.ArgumentParser, ns: argparse.Namespace, extra: list[s
               "margin_space": ns.margin_space, "run": jobs[0].name, "data": ns.data,
               **{f"row.{k}": v for k, v in (model_overrides(row) if row else {}).items()}}
     return agent_run(recipe, jobs, store, config)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,17 +1,11 @@
-"""Expand a W&B sweep file offline into the exact commands its agents would run (for tests and dry runs).
-
-    python -m kd_lightning.ablations expand configs/sweeps/margin.yaml
-
-The grid: W&B's own sweep engine (the `sweeps` package, `pip install wandb[sweeps]`) when it is importable, else the
-Cartesian product of the parameters' `values` (what `method: grid` means). The command: wandb's own agent code,
-`wandb.sdk.launch.sweeps.utils.create_sweep_command` (${envvar:...} macros) and `create_sweep_command_args` (the
-`--key=value` list of ${args}), then the substitution that `wandb.wandb_agent.Agent._command_run` does inline:
-${env} -> /usr/bin/env, ${interpreter} -> python, ${program} -> the sweep's program.
-"""
+"""Expand a W&B grid sweep file offline into the commands its agents would run (`expand configs/sweeps/margin.yaml`):
+the Cartesian product of the values (what `method: grid` means; tests/test_sweeps.py checks it against W&B's own
+sweep engine), each made a command as wandb's agent builds it (create_sweep_command, create_sweep_command_args, then
+Agent._command_run's ${env}/${interpreter}/${program} substitution)."""
 from __future__ import annotations
 
 import itertools
-import sys
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +16,15 @@ AGENT_INTERPRETER = "python"
 
 
 def grid(config: dict) -> tuple[str, list[dict[str, Any]]]:
-    """(engine used, one {parameter: value} per agent run) for a `method: grid` sweep."""
+    """(how it was expanded, one {parameter: value} per agent run) for a `method: grid` sweep."""
     if config.get("method") != "grid":
         raise UserValueError(f"only grid sweeps expand to a fixed list of runs; got method {config.get('method')!r}")
-    try:
-        import sweeps  # W&B's sweep engine, the one the local controller uses
-    except ImportError:
-        sweeps = None
-    if sweeps is not None:
-        runs: list = []
-        while True:
-            run = sweeps.next_run(config, runs)
-            if run is None:
-                break
-            run.state = sweeps.RunState.finished
-            runs.append(run)
-        return "wandb sweeps engine", [{k: v["value"] for k, v in run.config.items()} for run in runs]
-    names, choices = [], []
+    choices = {}
     for name, spec in config["parameters"].items():
-        if "values" in spec:
-            names.append(name)
-            choices.append(list(spec["values"]))
-        elif "value" in spec:
-            names.append(name)
-            choices.append([spec["value"]])
-        else:
+        if "values" not in spec and "value" not in spec:
             raise UserValueError(f"grid parameter {name!r} needs `values` or `value`, got {spec}")
-    return "Cartesian product", [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+        choices[name] = list(spec["values"]) if "values" in spec else [spec["value"]]
+    return "Cartesian product", [dict(zip(choices, combo)) for combo in itertools.product(*choices.values())]
 
 
 def agent_command(config: dict, params: dict[str, Any]) -> list[str]:
@@ -57,18 +33,12 @@ def agent_command(config: dict, params: dict[str, Any]) -> list[str]:
 
     command = sweep_utils.create_sweep_command(list(config.get("command") or []) or None)
     sweep_vars: dict[str, Any] = sweep_utils.create_sweep_command_args(
-        {"args": {k: {"value": v} for k, v in params.items()}}
-    )
-    sweep_vars["interpreter"] = [AGENT_INTERPRETER]
-    sweep_vars["program"] = [config["program"]]
-    sweep_vars["env"] = [AGENT_ENV]
+        {"args": {k: {"value": v} for k, v in params.items()}})
+    sweep_vars.update(interpreter=[AGENT_INTERPRETER], program=[config["program"]], env=[AGENT_ENV])
     argv: list[str] = []
-    for chunk in command:
-        chunk = str(chunk)
-        if chunk.startswith("${") and chunk.endswith("}"):
-            argv += sweep_vars.get(chunk[2:-1]) or []
-        else:
-            argv.append(chunk)
+    for chunk in map(str, command):
+        is_macro = chunk.startswith("${") and chunk.endswith("}")
+        argv += (sweep_vars.get(chunk[2:-1]) or []) if is_macro else [chunk]
     return argv
 
 
@@ -78,20 +48,13 @@ def expand(config: dict) -> tuple[str, list[list[str]]]:
 
 
 def main(argv: list[str]) -> int:
-    import shlex
-
     import yaml
 
     from kd_lightning.ablations.grid.spec import ROOT
 
-    default = ROOT / "configs" / "sweeps"
-    for path in argv or sorted(str(p) for p in default.glob("*.yaml")):
+    for path in argv or sorted(str(p) for p in (ROOT / "configs" / "sweeps").glob("*.yaml")):
         engine, commands = expand(yaml.safe_load(Path(path).read_text()))
         print(f"# {path}: {len(commands)} runs (grid: {engine})")
         for command in commands:
             print(shlex.join(command))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
