@@ -107,7 +107,8 @@ def collect(table: Table, recipe: Recipe, seeds: list[int], store: RunStore, abl
     # object columns: an integer setting (epochs) stays one where other runs have none
     frame = pd.DataFrame(records, dtype=object).sort_values("cell", kind="stable", ignore_index=True)
     numbers = [c for c in frame if c.startswith(("last/", "best/", "gate/")) or c == "wall_seconds"]
-    frame = frame.astype({c: float for c in numbers})
+    # .copy() joins the per-column blocks astype leaves, so adding `base` does not warn of a fragmented frame
+    frame = frame.astype({c: float for c in numbers}).copy()
     bases = frame[frame.baseline.astype(bool)].drop_duplicates("student").set_index("student").cell
     frame["base"] = pd.Series([None if bases.get(s) in (None, c) else bases.get(s)
                                for s, c in zip(frame.student, frame.cell)], dtype=object)
@@ -135,6 +136,8 @@ def table_rows(frame: pd.DataFrame) -> pd.DataFrame:
     for stage in STAGES:
         rows[f"{stage}_status"], rows[f"{stage}_seeds_complete"] = status[stage], complete[stage]
     return rows
+
+
 def gates(frame: pd.DataFrame, rows: pd.DataFrame) -> dict[int, list[float]]:
     """cell -> the teacher's open-gate fraction per epoch, mean over the complete seeds (NaN where no seed has one),
     over the longest history of those seeds."""
