@@ -48,7 +48,8 @@ def visible_gpus() -> list[str]:
 
 
 def gpu_slots(parallel: int, devices: Optional[str], gpus: Sequence[str]) -> list[Optional[list[str]]]:
-    """One GPU set per concurrent run: DEVICES GPUs each, or an equal share of the box (N // JOBS); None without GPUs."""
+    """One GPU set per concurrent run: DEVICES GPUs each, or an equal share of the box (N // JOBS); None each
+    without GPUs."""
     if parallel < 1:
         raise UserValueError(f"JOBS must be >= 1 (runs trained at once), got {parallel}")
     if not gpus:
@@ -204,17 +205,17 @@ def run_jobs(jobs: list[Job], recipe: Recipe, store: RunStore, parallel: int = 1
     keys = {job.key for job in jobs}
     states: dict[str, str] = {}
     queue, busy = list(jobs), set()  # busy: keys answered BUSY once; their next try waits for the lock
+    running: dict = {}  # future -> (job, its GPU set)
 
-    def startable(job: Job, running: dict) -> bool:
+    def startable(job: Job) -> bool:
         teacher_done = job.teacher is None or job.teacher.key not in keys or job.teacher.key in states
         return teacher_done and not (job.key in busy and running)
 
-    running: dict = {}  # future -> (job, its GPU set)
     with ThreadPoolExecutor(max_workers=1 if dry_run else parallel) as pool:
         while queue or running:
             # A dry run says one run at a time, in order.
             while slots and not (dry_run and running):
-                job = next((j for j in queue if startable(j, running)), None)
+                job = next((j for j in queue if startable(j)), None)
                 if job is None:
                     break
                 queue.remove(job)

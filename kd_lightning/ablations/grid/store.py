@@ -99,8 +99,7 @@ class RunStore:
 
     def seeds(self, job: "Job") -> set[int]:
         """The seeds with a results.json of the run `job` names (any seed)."""
-        top = self.dir(job).parents[1]
-        return {k for k in _seeds_in(top) if (self.dir(_with_seed(job, k)) / RESULTS_FILE).is_file()}
+        return {k for k in seed_folders(self.root, job.data) if (self.dir(_with_seed(job, k)) / RESULTS_FILE).is_file()}
 
     def record_failure(self, job: "Job", message: str) -> None:
         """Make results.json say "failed" (keeping what the run wrote, and the error of a run that failed by itself;
@@ -138,11 +137,7 @@ def _with_seed(job: "Job", seed: int) -> "Job":
     return replace(job, seed=seed, teacher=teacher)
 
 
-def _seeds_in(folder: Path) -> set[int]:
-    found = (re.fullmatch(r"seed(\d+)", p.name) for p in folder.glob("seed*") if p.is_dir())
-    return {int(m.group(1)) for m in found if m}
-
-
 def seed_folders(root: Path, data: str) -> set[int]:
     """Every k of <root>/<data>/<run>/seed<k>/ (seeds-needed's default seeds)."""
-    return {k for top in (Path(root) / data).glob("*") for k in _seeds_in(top)}
+    found = (re.fullmatch(r"seed(\d+)", p.name) for p in (Path(root) / data).glob("*/seed*") if p.is_dir())
+    return {int(m.group(1)) for m in found if m}
