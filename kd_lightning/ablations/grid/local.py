@@ -1,6 +1,5 @@
 """Bring runs to "complete" on this machine (docs/cluster.md §1): each job a plain `kd-lightning fit` (recipe.py),
-resumed from its last.ckpt when interrupted, never re-run when finished; JOBS at once, each with its own GPU set, a
-student after its teacher (a student whose teacher is not complete is recorded as failed)."""
+resumed from its last.ckpt when interrupted, never re-run when finished."""
 from __future__ import annotations
 
 import os
@@ -10,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -21,13 +20,15 @@ from kd_lightning.ablations.grid.spec import ROOT
 from kd_lightning.ablations.grid.store import LOG_FILE, RunState, RunStore
 from kd_lightning.exceptions import UserValueError
 from kd_lightning.utils.hardware import usable_cpus
-from kd_lightning.utils.run_lock import HELD_BY_PARENT_ENV, LOCK_FILE, RunBusy
+from kd_lightning.utils.run_lock import HELD_BY_PARENT_ENV, LOCK_FILE, RunBusy, run_lock
 
 #: Set by `wandb agent` for its own run: the runs started here must not attach to it.
 AGENT_ENV = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RESUME", "WANDB_NAME",
              "WANDB_RUN_GROUP", "WANDB_JOB_TYPE", "WANDB_NOTES", "WANDB_TAGS")
 #: run_job's answer when wait=False and another process trains the run (not a state of the run itself).
 BUSY = "busy"
+#: The lines of a run's output that reach the console: its epochs, errors and the teacher check.
+CONSOLE_LINE = re.compile(r"\s*(epoch|kd-lightning:|teacher accuracy|Traceback|\w*Error\b)")
 _print_lock = threading.Lock()
 Launch = Callable[[list[str], dict[str, str], Path, str, Optional[int]], int]
 
@@ -37,19 +38,18 @@ def say(message: str) -> None:
         print(message, flush=True)
 
 
-def visible_gpus(environ: Optional[dict[str, str]] = None) -> list[str]:
+def visible_gpus() -> list[str]:
     """The GPUs this process may hand out: CUDA_VISIBLE_DEVICES when set, else every GPU torch sees."""
-    environ = os.environ if environ is None else environ
-    if environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        return [g for g in environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def gpu_slots(parallel: int, devices: Optional[str], gpus: Sequence[str]) -> list[Optional[list[str]]]:
-    """One GPU set per concurrent run: DEVICES GPUs each, or an equal share of the box (N // JOBS). No GPU: None
-    each. A combination that does not fit is one error naming JOBS, DEVICES and the GPUs there are."""
+    """One GPU set per concurrent run: DEVICES GPUs each, or an equal share of the box (N // JOBS); None each
+    without GPUs."""
     if parallel < 1:
         raise UserValueError(f"JOBS must be >= 1 (runs trained at once), got {parallel}")
     if not gpus:
@@ -62,15 +62,13 @@ def gpu_slots(parallel: int, devices: Optional[str], gpus: Sequence[str]) -> lis
     return [list(gpus[i * each:(i + 1) * each]) for i in range(parallel)]
 
 
-def child_env(job: Job, threads: Optional[int], run_dir: Optional[Path] = None, gpus: Optional[list[str]] = None,
-              environ: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """The environment of the run's `kd-lightning fit` child, built for it from `environ` (default: this process's,
-    which is never changed)."""
+def child_env(job: Job, threads: Optional[int], run_dir: Path, gpus: Optional[list[str]],
+              environ: Optional[dict[str, str]]) -> dict[str, str]:
+    """The environment of the run's `kd-lightning fit` child, from `environ` (default: this process's, unchanged)."""
     env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in AGENT_ENV}
     env.update(WANDB_RUN_GROUP=f"{job.data}/{job.teacher.name if job.teacher else job.name}", WANDB_NAME=job.key,
                WANDB_JOB_TYPE=job.stage, PYTHONUNBUFFERED="1")
-    if run_dir is not None:  # this runner holds the run's lock: the child must not wait for it
-        env[HELD_BY_PARENT_ENV] = str(run_dir)
+    env[HELD_BY_PARENT_ENV] = str(run_dir)  # this runner holds the run's lock: the child must not wait for it
     if threads:
         # Several runs at once on few cores: each gets its share, or their OpenMP threads fight (tests/conftest.py).
         env["OMP_NUM_THREADS"] = str(threads)
@@ -79,15 +77,8 @@ def child_env(job: Job, threads: Optional[int], run_dir: Optional[Path] = None, 
     return env
 
 
-def _console_line(line: str) -> bool:
-    """What of a run's output reaches the console: its epoch lines, errors and the teacher check."""
-    text = line.strip()
-    return bool(text.startswith(("epoch", "kd-lightning:", "teacher accuracy", "Traceback"))
-                or re.match(r"\w*Error\b", text))
-
-
 def launch(command: list[str], env: dict[str, str], log: Path, prefix: str, lock_fd: Optional[int] = None) -> int:
-    """Run the command; its output goes to `log`, and its epoch lines to the console behind `prefix`. SIGTERM and
+    """Run the command; its output goes to `log`, and its CONSOLE_LINEs to the console behind `prefix`. SIGTERM and
     Ctrl-C are passed on, so the run writes "interrupted" and its checkpoint before it stops."""
     with log.open("a") as sink:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -100,7 +91,7 @@ def launch(command: list[str], env: dict[str, str], log: Path, prefix: str, lock
             assert proc.stdout is not None
             for line in proc.stdout:
                 sink.write(line)
-                if _console_line(line):
+                if CONSOLE_LINE.match(line):
                     say(f"  {prefix} {line.rstrip()}")
             return proc.wait()
         except KeyboardInterrupt:
@@ -139,7 +130,7 @@ def run_job(job: Job, recipe: Recipe, store: RunStore, dry_run: bool = False, th
     """Bring one run to "complete" (or "failed"); returns its final state, or BUSY (wait=False and another process
     trains it). The one function that runs a job, for the table runner, the sweep agents and a Slurm job alike.
     KeyboardInterrupt is raised when the run was interrupted."""
-    tag = f"[run] {job.key}"
+    tag, run_dir = f"[run] {job.key}", store.dir(job)
     expected = expected_identity(job, recipe, store)
     state = store.state(job)
     if state == RunState.COMPLETE:
@@ -148,8 +139,8 @@ def run_job(job: Job, recipe: Recipe, store: RunStore, dry_run: bool = False, th
         return state.value
     teacher_state = store.state(job.teacher) if job.teacher is not None else RunState.COMPLETE
     if dry_run:
-        resume = store.resumable(job)
         after = "" if teacher_state == RunState.COMPLETE else " once its teacher is complete"
+        resume = store.resumable(job)
         say(f"{tag}: {'resuming' if resume else 'starting'}{after}\n  "
             + shlex.join(job_command(job, recipe, store, resume)[1:])
             + "".join(f"\n  {key}={value} (from {source})" for key, value, source in job.settings))
@@ -159,21 +150,19 @@ def run_job(job: Job, recipe: Recipe, store: RunStore, dry_run: bool = False, th
         say(f"{tag}: not started: {message}")
         store.record_failure(job, message)
         return RunState.FAILED.value
-    run_dir = store.dir(job)
     try:
-        with store.lock(job, wait=wait, on_wait=lambda owner: say(
+        with run_lock(run_dir, wait=wait, on_wait=lambda owner: say(
                 f"{tag}: being trained by {owner}; waiting for it (its lock is {run_dir / LOCK_FILE})")) as lock_fd:
-            return _train(job, recipe, store, expected, lock_fd, launcher,
-                          child_env(job, threads, store.dir(job), gpus, environ), gpus)
+            return _train(job, recipe, store, expected, lock_fd, child_env(job, threads, run_dir, gpus, environ),
+                          launcher, gpus)
     except RunBusy as busy:
         say(f"{tag}: being trained by {busy.owner}; training the other runs meanwhile, then waiting for it")
         return BUSY
 
 
-def _train(job: Job, recipe: Recipe, store: RunStore, expected: dict, lock_fd: Optional[int], launcher: Launch,
-           env: dict[str, str], gpus: Optional[list[str]]) -> str:
-    """run_job's part under the run's lock: read the state again (another process may have finished the run), then
-    start or resume it."""
+def _train(job: Job, recipe: Recipe, store: RunStore, expected: dict, lock_fd: Optional[int], env: dict[str, str],
+           launcher: Launch, gpus: Optional[list[str]]) -> str:
+    """run_job under the run's lock: read the state again (another process may have finished the run meanwhile)."""
     tag, run_dir, started = f"[run] {job.key}", store.dir(job), time.time()
     state = store.state(job)
     if state == RunState.COMPLETE:
@@ -206,57 +195,43 @@ def _train(job: Job, recipe: Recipe, store: RunStore, expected: dict, lock_fd: O
 
 def run_jobs(jobs: list[Job], recipe: Recipe, store: RunStore, parallel: int = 1, dry_run: bool = False,
              gpus: Optional[Sequence[str]] = None, launcher: Launch = launch) -> dict[str, str]:
-    """Run `jobs` (students after their teachers), `parallel` at a time; returns {job key: final state}.
-
-    Every job is resolved first (check_jobs) and the GPU sets checked (gpu_slots): a bad value stops everything
-    before the first run. A run that another process trains is put aside (BUSY) while the others train, then waited
-    for. Each run gets an equal share of the cores (OMP_NUM_THREADS) and its own GPU set.
-    """
+    """Run `jobs`, `parallel` at a time, each with its own GPU set (gpu_slots) and an equal share of the cores, a
+    student once its teacher has a final state; returns {job key: final state}. Every job is resolved first, so a
+    bad value stops everything before the first run. A run another process trains (BUSY) goes back to the end of
+    the queue and is waited for once nothing else is training."""
     slots = gpu_slots(parallel, recipe.devices, visible_gpus() if gpus is None else list(gpus))
     check_jobs(jobs, recipe, store)
-    states: dict[str, str] = {}
-    keys = {job.key for job in jobs}
-    pending, deferred = list(jobs), []  # deferred: BUSY, waited for once nothing else is left
-
-    def ready(job: Job) -> bool:
-        return job.teacher is None or job.teacher.key not in keys or job.teacher.key in states
-
-    def take() -> Optional[tuple[Job, bool]]:
-        """The next job to start and whether to wait for its lock (only once nothing else can start)."""
-        for queue, wait_for in ((pending, False), (deferred, True)):
-            for job in queue:
-                if ready(job):
-                    queue.remove(job)
-                    return job, wait_for
-        return None
-
     threads = max(1, usable_cpus() // parallel) if parallel > 1 else None
-    free = list(slots)
-    running: dict[Future, tuple[Job, Optional[list[str]]]] = {}
+    keys = {job.key for job in jobs}
+    states: dict[str, str] = {}
+    queue, busy = list(jobs), set()  # busy: keys answered BUSY once; their next try waits for the lock
+    running: dict = {}  # future -> (job, its GPU set)
+
+    def startable(job: Job) -> bool:
+        teacher_done = job.teacher is None or job.teacher.key not in keys or job.teacher.key in states
+        return teacher_done and not (job.key in busy and running)
+
     with ThreadPoolExecutor(max_workers=1 if dry_run else parallel) as pool:
-        while pending or deferred or running:
-            while free and not (dry_run and running):
-                nxt = take()
-                if nxt is None:
-                    if running or not (pending or deferred):
-                        break
-                    nxt = ((pending or deferred).pop(0), True)  # students of teachers that never finished here
-                job, wait_for = nxt
-                if wait_for and running:  # something else is still training: wait for it first
-                    deferred.insert(0, job)
+        while queue or running:
+            # A dry run says one run at a time, in order.
+            while slots and not (dry_run and running):
+                job = next((j for j in queue if startable(j)), None)
+                if job is None:
                     break
-                slot = free.pop(0)
-                running[pool.submit(run_job, job, recipe, store, dry_run, threads, wait_for, slot, launcher)] = (
-                    job, slot)
+                queue.remove(job)
+                slot = slots.pop(0)
+                running[pool.submit(run_job, job, recipe, store, dry_run, threads, job.key in busy, slot,
+                                    launcher)] = (job, slot)
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 job, slot = running.pop(future)
-                free.append(slot)
+                slots.append(slot)
                 state = future.result()
                 if state == BUSY:
-                    deferred.append(job)
+                    busy.add(job.key)
+                    queue.append(job)
                 else:
                     states[job.key] = state
     return states

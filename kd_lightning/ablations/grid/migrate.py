@@ -1,5 +1,5 @@
-"""`migrate OLD --runs NEW`: move the runs of the layout before the store (<data>/<teacher run>/seed<k>/<stage>) into
-it; a run whose recorded config differs from what the recipe asks for is another recipe's: left there and named."""
+"""`migrate OLD --runs NEW` (docs/ablations.md): move the runs of the layout before the store into it; a run whose
+recorded config differs from what the recipe asks for is another recipe's: left there and named."""
 from __future__ import annotations
 
 import shutil
@@ -8,9 +8,18 @@ from pathlib import Path
 from kd_lightning.ablations.grid.identity import differences, identity
 from kd_lightning.ablations.grid.local import expected_identity, job_command, say
 from kd_lightning.ablations.grid.recipe import Recipe
-from kd_lightning.ablations.grid.runs import alone_job, grid_jobs, unique
+from kd_lightning.ablations.grid.runs import Job, alone_job, grid_jobs, unique
 from kd_lightning.ablations.grid.spec import MARGIN_SPACES, tables_of
-from kd_lightning.ablations.grid.store import RECIPE_FILE, RunStore, legacy_dir, read_json, seed_folders
+from kd_lightning.ablations.grid.store import ALONE, RECIPE_FILE, TEACHER, RunStore, read_json, seed_folders
+
+
+def legacy_dir(old: Path, job: Job) -> Path:
+    """Where the old layout kept `job`: <data>/<teacher name>/seed<k>/teacher, .../student (KD) or
+    .../student-<row>, and <data>/alone/seed<k>/student."""
+    if job.teacher is None and job.stage != TEACHER:
+        return old / job.data / ALONE / f"seed{job.seed}" / "student"
+    stage = TEACHER if job.stage == TEACHER else ("student" if not job.args else f"student-{job.name}")
+    return old / job.data / (job.teacher or job).name / f"seed{job.seed}" / stage
 
 
 def migrate(old: Path, recipe: Recipe, store: RunStore, ablations: Path) -> int:

@@ -1,7 +1,5 @@
-"""The Slurm launcher (`--launcher slurm`, docs/cluster.md §2): one submitit job per run, running local.run_job (the
-same folder, recipe check, lock and command), a student's job after its teacher's (`afterany`: a job whose run
-completed may still end by its time limit's signal, exit 143). At its limit a job requeues itself, keeping its id so
-its students still wait; `squeue` and each run's results.json say what is queued or done (no Slurm accounting)."""
+"""The Slurm launcher (`--launcher slurm`, docs/cluster.md §2): one submitit job per run, running local.run_job, a
+student's job `afterany` its teacher's; at its time limit a job requeues itself."""
 from __future__ import annotations
 
 import os
@@ -9,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Optional
@@ -26,16 +25,14 @@ MAX_STALLS = 3
 #: submitit's folder inside a run folder: the job script, its pickles and the job's stdout/stderr.
 SUBMITIT_DIR = "slurm"
 #: squeue's states of a job that is still going to run (or running): nothing is submitted for its run.
-QUEUED = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
-          "RESIZING": "pending", "SUSPENDED": "pending", "RUNNING": "running", "COMPLETING": "running",
-          "STAGE_OUT": "running", "SIGNALING": "running"}
+QUEUED = {**dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED"), "pending"),
+          **dict.fromkeys(("RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"), "running")}
 
 
 @dataclass(frozen=True)
 class SlurmSettings:
-    """make's SLURM_* variables: partition (""=the cluster's default), time limit in minutes, GPUs and CPUs per job,
-    raw extra sbatch options ("--qos=high --account=lab --exclusive"), and how many seconds before the limit the
-    job is told to stop (SIGTERM)."""
+    """make's SLURM_* variables (docs/cluster.md §2); `extra` is raw long sbatch options, `signal_delay_s` how long
+    before the limit the job is told to stop (SIGTERM)."""
 
     partition: str = ""
     time: int = 240
@@ -56,69 +53,61 @@ class SlurmSettings:
 
     @property
     def lead_s(self) -> int:
-        """When the job is told to stop, in seconds before its limit: signal_delay_s, but on a short limit less, since
-        Slurm may send the signal up to 60 s early (`man sbatch`, --signal): a third of the limit less those 60 s, at
-        least 5 s (a 1-minute job is told 5 s before its end)."""
+        """Seconds before its limit the job is told to stop: Slurm may signal up to 60 s early, so a short limit gets
+        a third of it less 60 s, at least 5 s (docs/cluster.md, "Time limits")."""
         return max(5, min(self.signal_delay_s, self.time * 60 // 3 - 60))
 
     def extra_parameters(self) -> dict[str, object]:
         """SLURM_EXTRA as submitit's additional_parameters: `--key=value`, `--key value` and `--flag`."""
         out: dict[str, object] = {}
         words = shlex.split(self.extra)
-        i = 0
-        while i < len(words):
-            word = words[i]
+        while words:
+            word = words.pop(0)
             if not word.startswith("--") or word == "--":
                 raise UserValueError(f"SLURM_EXTRA must be long sbatch options (--key=value or --flag); got "
                                      f"{word!r} in {self.extra!r}")
             key, eq, value = word[2:].partition("=")
-            if not eq and i + 1 < len(words) and not words[i + 1].startswith("--"):
-                value, i = words[i + 1], i + 1
+            if not eq and words and not words[0].startswith("--"):
+                value = words.pop(0)
             out[key.replace("-", "_")] = value if (eq or value) else True
-            i += 1
         return out
 
 
-class SlurmRun:
-    """What a Slurm job runs: `run_job` on one run (picklable: submitit pickles it into the run's slurm/ folder)."""
+def slurm_job(job: Job, recipe: Recipe, runs: Path) -> str:
+    """What a Slurm job runs (submitit pickles the call into the run's slurm/ folder): `run_job` on one run."""
+    # Threads follow --cpus-per-task (Slurm exports it to the job). The fit is a plain local run inside its
+    # allocation, as on one machine: its environment has no SLURM_* variables, or Lightning would take
+    # SLURM_NTASKS (1) as the world size of a DEVICES=N DDP run and arm its own SIGUSR1 requeue.
+    threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 1)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SRUN_")) or k == "SLURM_CONF"}
+    store = RunStore(runs)
+    before = (store.results(job) or {}).get("epochs") or 0
+    try:
+        return run_job(job, recipe, store, threads=threads, wait=True, environ=environ)
+    except KeyboardInterrupt:  # SIGTERM (the time limit, scancel, a preemption): results.json says "interrupted"
+        return _requeue(job, store, before)
 
-    def __init__(self, job: Job, recipe: Recipe, runs: Path) -> None:
-        self.job, self.recipe, self.runs = job, recipe, Path(runs)
 
-    def __call__(self) -> str:
-        # Threads follow --cpus-per-task (Slurm exports it to the job). The fit is a plain local run inside its
-        # allocation, as on one machine: its environment has no SLURM_* variables, or Lightning would take
-        # SLURM_NTASKS (1) as the world size of a DEVICES=N DDP run and arm its own SIGUSR1 requeue.
-        threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 1)
-        environ = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("SLURM_", "SRUN_")) or k == "SLURM_CONF"}
-        store = RunStore(self.runs)
-        before = (store.results(self.job) or {}).get("epochs") or 0
-        try:
-            return run_job(self.job, self.recipe, store, threads=threads, wait=True, environ=environ)
-        except KeyboardInterrupt:  # SIGTERM (the time limit, scancel, a preemption): results.json says "interrupted"
-            return self.requeue(store, before)
-
-    def requeue(self, store: RunStore, before: int) -> str:
-        """At its time limit (the job still RUNNING): put this job back in the queue to resume the run, or fail it when
-        its last MAX_STALLS starts made no new epoch."""
-        job_id, done = os.environ.get("SLURM_JOB_ID", ""), (store.results(self.job) or {}).get("epochs") or 0
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
-        if state.strip() != "RUNNING":  # cancelled, or requeued from outside (a preemption): not this job's to requeue
-            return "interrupted"
-        record_path = store.dir(self.job) / SLURM_FILE
-        record = read_json(record_path) or {}
-        stalls = int(record.get("stalls", 0)) + 1 if done <= before else 0
-        if stalls >= MAX_STALLS:
-            message = (f"stopped by Slurm {stalls} times in a row with no new epoch (epoch {done}): give each job "
-                       f"more time than one epoch and its start-up (SLURM_TIME)")
-            store.record_failure(self.job, message)
-            raise RunTimeLimitError(f"{self.job.key}: {message}")
-        atomic_write_json(record_path, {**record, "requeues": int(record.get("requeues", 0)) + 1, "stalls": stalls})
-        say(f"[slurm] {self.job.key}: stopped at epoch {done}; requeueing job {job_id}")
-        # Not checked: a job requeued from outside (a preemption) is already on its way back to the queue.
-        subprocess.run(["scontrol", "requeue", job_id], check=False)
-        return "requeued"
+def _requeue(job: Job, store: RunStore, before: int) -> str:
+    """At its time limit (the job still RUNNING): put this job back in the queue to resume the run, or fail it when
+    its last MAX_STALLS starts made no new epoch."""
+    job_id, done = os.environ.get("SLURM_JOB_ID", ""), (store.results(job) or {}).get("epochs") or 0
+    state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    if state.strip() != "RUNNING":  # cancelled, or requeued from outside (a preemption): not this job's to requeue
+        return "interrupted"
+    record_path = store.dir(job) / SLURM_FILE
+    record = read_json(record_path) or {}
+    stalls = int(record.get("stalls", 0)) + 1 if done <= before else 0
+    if stalls >= MAX_STALLS:
+        message = (f"stopped by Slurm {stalls} times in a row with no new epoch (epoch {done}): give each job "
+                   f"more time than one epoch and its start-up (SLURM_TIME)")
+        store.record_failure(job, message)
+        raise RunTimeLimitError(f"{job.key}: {message}")
+    atomic_write_json(record_path, {**record, "requeues": int(record.get("requeues", 0)) + 1, "stalls": stalls})
+    say(f"[slurm] {job.key}: stopped at epoch {done}; requeueing job {job_id}")
+    # Not checked: a job requeued from outside (a preemption) is already on its way back to the queue.
+    subprocess.run(["scontrol", "requeue", job_id], check=False)
+    return "requeued"
 
 
 def queue() -> dict[str, str]:
@@ -129,17 +118,13 @@ def queue() -> dict[str, str]:
     if proc.returncode != 0:
         raise UserValueError(f"squeue failed ({proc.stderr.strip() or proc.returncode}): is Slurm reachable "
                              f"from here (SLURM_CONF={os.environ.get('SLURM_CONF', '')})?")
-    out = {}
-    for line in proc.stdout.splitlines():
-        job_id, _, state = line.strip().partition("|")
-        if state in QUEUED:
-            out[job_id] = QUEUED[state]
-    return out
+    rows = (line.strip().partition("|") for line in proc.stdout.splitlines())
+    return {job_id: QUEUED[state] for job_id, _, state in rows if state in QUEUED}
 
 
 def run_status(job: Job, store: RunStore, queued: dict[str, str]) -> tuple[str, str]:
-    """(state, detail) of a run: complete | pending | running (detail: job id) | failed | interrupted (detail: the
-    log to read) | missing."""
+    """(state, detail) of a run: complete | pending | running | requeued (n) (detail: job id) | failed | interrupted
+    (detail: the log to read) | missing."""
     run_dir = store.dir(job)
     state = store.state(job).value
     if state == "complete":
@@ -158,75 +143,65 @@ def run_status(job: Job, store: RunStore, queued: dict[str, str]) -> tuple[str, 
     return state, f"job {job_id}; log {detail}" if job_id else f"log {detail}"
 
 
-def _executor(run_dir: Path, settings: SlurmSettings, name: str, dependency: Optional[str]):
-    import submitit  # here: the local runner never needs it
-
-    executor = submitit.SlurmExecutor(folder=str(run_dir / SUBMITIT_DIR / "%j"), max_num_timeout=0)
-    extra: dict[str, object] = {"signal": f"TERM@{settings.lead_s}", "requeue": True}
-    if dependency:
-        extra["dependency"] = f"afterany:{dependency}"
-    extra.update(settings.extra_parameters())
-    executor.update_parameters(job_name=name, time=settings.time, cpus_per_task=settings.cpus, ntasks_per_node=1,
-                               nodes=1, signal_delay_s=settings.lead_s, additional_parameters=extra,
-                               **({"partition": settings.partition} if settings.partition else {}),
-                               **({"gpus_per_node": settings.gpus} if settings.gpus else {}))
-    return executor
-
-
 def submit_grid(jobs: list[Job], recipe: Recipe, store: RunStore, settings: SlurmSettings
                 ) -> dict[str, tuple[str, str]]:
     """Submit every run of `jobs` that is neither complete nor queued, students after their teachers; returns
     {job key: (what happened: "submitted" | "complete" | "pending" | "running", job id or "")}."""
+    import submitit  # here: the local runner never needs it
+
     check_jobs(jobs, recipe, store)  # a bad row stops the grid before anything is submitted
     queued = queue()
     ids: dict[str, str] = {}  # job key -> the queued/submitted job its students wait for
     out: dict[str, tuple[str, str]] = {}
     for job in sorted(jobs, key=lambda j: j.stage != "teacher"):  # teachers first: students need their ids
-        state, detail = run_status(job, store, queued)
+        state, _ = run_status(job, store, queued)
+        run_dir = store.dir(job)
+        job_id = str((read_json(run_dir / SLURM_FILE) or {}).get("job_id", ""))
         if state == "complete":
             out[job.key] = ("complete", "")
             say(f"[slurm] {job.key}: complete, not submitted")
-            continue
-        if state in ("pending", "running"):
-            job_id = detail.split()[-1]
+        elif job_id in queued:  # pending, running or requeued: its job will train it
             ids[job.key] = job_id
-            out[job.key] = (state, job_id)
-            say(f"[slurm] {job.key}: {state} (job {job_id}), not submitted again")
-            continue
-        run_dir = store.dir(job)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dependency = ids.get(job.teacher.key) if job.teacher is not None else None
-        submitted = _executor(run_dir, settings, job.key, dependency).submit(SlurmRun(job, recipe, store.root))
-        ids[job.key] = submitted.job_id
-        atomic_write_json(run_dir / SLURM_FILE, {"job_id": submitted.job_id, "submitted": time.time(),
-                                                 "after": dependency, "log": str(submitted.paths.stdout)})
-        out[job.key] = ("submitted", submitted.job_id)
-        say(f"[slurm] {job.key}: submitted job {submitted.job_id}"
-            + (f" (after job {dependency})" if dependency else "") + f" ({state} before)")
+            out[job.key] = (queued[job_id], job_id)
+            say(f"[slurm] {job.key}: {queued[job_id]} (job {job_id}), not submitted again")
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dependency = ids.get(job.teacher.key) if job.teacher is not None else None
+            extra: dict[str, object] = {"signal": f"TERM@{settings.lead_s}", "requeue": True}
+            if dependency:
+                extra["dependency"] = f"afterany:{dependency}"
+            executor = submitit.SlurmExecutor(folder=str(run_dir / SUBMITIT_DIR / "%j"), max_num_timeout=0)
+            executor.update_parameters(job_name=job.key, time=settings.time, cpus_per_task=settings.cpus,
+                                       ntasks_per_node=1, nodes=1, signal_delay_s=settings.lead_s,
+                                       additional_parameters={**extra, **settings.extra_parameters()},
+                                       **({"partition": settings.partition} if settings.partition else {}),
+                                       **({"gpus_per_node": settings.gpus} if settings.gpus else {}))
+            submitted = executor.submit(slurm_job, job, recipe, store.root)
+            ids[job.key] = submitted.job_id
+            atomic_write_json(run_dir / SLURM_FILE, {"job_id": submitted.job_id, "submitted": time.time(),
+                                                     "after": dependency, "log": str(submitted.paths.stdout)})
+            out[job.key] = ("submitted", submitted.job_id)
+            say(f"[slurm] {job.key}: submitted job {submitted.job_id}"
+                + (f" (after job {dependency})" if dependency else "") + f" ({state} before)")
     return out
-
-
-def release_requeued(job_ids: set[str]) -> None:
-    """Slurm holds a requeued job back for about two minutes (its BeginTime); a grid being waited for lets its own
-    requeued jobs start at once."""
-    listing = subprocess.run(["squeue", "-h", "-o", "%i|%r"], capture_output=True, text=True).stdout
-    for job_id, _, reason in (line.partition("|") for line in listing.split()):
-        if job_id in job_ids and reason == "BeginTime":
-            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
 
 
 def wait_grid(job_ids: list[str], poll_s: float = 5.0, jobs: Optional[dict[str, Job]] = None,
               store: Optional[RunStore] = None) -> bool:
-    """Block until none of `job_ids` is pending or running (a requeued job is pending again), or until one of the
-    runs `jobs` ({job id: job}) has failed; returns False then."""
+    """Block until none of `job_ids` is queued (a requeued job is pending again), or until one of the runs `jobs`
+    ({job id: job}, read in `store`) has failed; returns False then."""
     left = set(job_ids)
     while left:
         left &= set(queue())
-        release_requeued(left)
+        # Slurm holds a requeued job back for about two minutes (its BeginTime): the grid waited for starts at once.
+        listing = subprocess.run(["squeue", "-h", "-o", "%i|%r"], capture_output=True, text=True).stdout
+        for job_id, _, reason in (line.partition("|") for line in listing.split()):
+            if job_id in left and reason == "BeginTime":
+                subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
         for job_id, job in (jobs or {}).items():
-            if job_id not in left and store is not None and store.state(job).value == "failed":
-                error = (store.results(job) or {}).get("error", "")
-                say(f"[slurm] {job.key} failed: {error}; not waiting for the rest")
+            if job_id not in left and store is not None and store.state(job) == RunState.FAILED:
+                say(f"[slurm] {job.key} failed: {(store.results(job) or {}).get('error', '')}; "
+                    "not waiting for the rest")
                 return False
         if left:
             time.sleep(poll_s)
@@ -246,8 +221,7 @@ def print_status(jobs: list[Job], store: RunStore) -> dict[str, str]:
         state, detail = run_status(job, store, queued)
         states[job.key] = state
         print(f"{state:<11} {job.key}" + (f"  ({detail})" if detail else ""), flush=True)
-    counts = {s: list(states.values()).count(s) for s in dict.fromkeys(states.values())}
-    print("[status] " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
+    print("[status] " + ", ".join(f"{n} {s}" for s, n in Counter(states.values()).items()), flush=True)
     return states
 
 
@@ -271,9 +245,9 @@ def settings_of(ns, proxy: bool) -> SlurmSettings:
     """make's SLURM_* variables; GPUs and CPUs unset: the dataclass's on the proxy, *_OFF_PROXY elsewhere."""
     gpus, cpus = (SlurmSettings.gpus, SlurmSettings.cpus) if proxy else (SlurmSettings.GPUS_OFF_PROXY,
                                                                          SlurmSettings.CPUS_OFF_PROXY)
-    gpus = gpus if ns.slurm_gpus is None else ns.slurm_gpus
-    cpus = cpus if ns.slurm_cpus is None else ns.slurm_cpus
-    return SlurmSettings(partition=ns.slurm_partition or "", time=ns.slurm_time, gpus=gpus, cpus=cpus,
+    return SlurmSettings(partition=ns.slurm_partition or "", time=ns.slurm_time,
+                         gpus=gpus if ns.slurm_gpus is None else ns.slurm_gpus,
+                         cpus=cpus if ns.slurm_cpus is None else ns.slurm_cpus,
                          extra=ns.slurm_extra or "", signal_delay_s=ns.slurm_signal_delay)
 
 
@@ -281,20 +255,19 @@ def run_grid(jobs_by_seed: dict[int, list[Job]], recipe: Recipe, store: RunStore
              wait: bool, dry_run: bool = False) -> bool:
     """Submit every seed's runs at once (dry_run: say what would be submitted); with `wait`, block until they left
     the queue. Returns whether no run failed while waited for."""
-    by_id: dict[str, Job] = {}
-    for seed, jobs in jobs_by_seed.items():
-        if dry_run:
+    if dry_run:
+        for jobs in jobs_by_seed.values():
             check_jobs(jobs, recipe, store)
             for job in jobs:
                 say(f"[slurm] would submit {job.key} ({settings.time} min, {settings.cpus} CPUs, {settings.gpus} GPUs"
                     + (f", after {job.teacher.key}" if job.teacher is not None else "") + ")")
-            continue
+        return True
+    by_id: dict[str, Job] = {}
+    for seed, jobs in jobs_by_seed.items():
         say(f"[slurm] seed {seed}: {len(jobs)} runs")
         keys = {job.key: job for job in jobs}
         by_id.update({job_id: keys[key] for key, (what, job_id) in submit_grid(jobs, recipe, store, settings).items()
-                      if what in ("submitted", "pending", "running")})
-    if dry_run:
-        return True
+                      if what != "complete"})
     if not wait:
         say(f"[slurm] {len(by_id)} jobs queued; `make tables-status` (same variables) says how they are doing; "
             "rerun this command to resubmit what failed, or `make table-build` once they are done")

@@ -1,10 +1,11 @@
 """The run store: the one place that knows where a run lives and what its files say (docs/ablations.md, "Runs,
-resuming, failures"): <RUNS>/<data>/<teacher name>-<hash>/seed<k>/{teacher,<student>-<hash>}/ and
-<RUNS>/<data>/alone/seed<k>/<student>-<hash>/. A run is found by its hash; the name in front is for people."""
+resuming, failures"). A run is found by its hash; the name in front is for people."""
 from __future__ import annotations
 
 import enum
+import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -45,8 +46,6 @@ class RunState(str, enum.Enum):
 
 def read_json(path: Path | str) -> Optional[dict]:
     """A JSON file as a dict, or None when it is missing or unreadable (e.g. cut off by a full disk)."""
-    import json
-
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -63,15 +62,6 @@ def _seed_dir(job: "Job") -> Path:
 def relative_dir(job: "Job") -> Path:
     """The run's folder relative to RUNS, by its readable names (RunStore.dir finds a renamed one by its hash)."""
     return _seed_dir(job) / (TEACHER if job.stage == TEACHER else f"{job.name}-{job.digest}")
-
-
-def legacy_dir(old: Path, job: "Job") -> Path:
-    """Where the layout before the store kept `job` (migrate.py): <data>/<teacher name>/seed<k>/teacher, .../student
-    (KD) or .../student-<row>, and <data>/alone/seed<k>/student."""
-    if job.teacher is None and job.stage != TEACHER:
-        return old / job.data / ALONE / f"seed{job.seed}" / "student"
-    stage = TEACHER if job.stage == TEACHER else ("student" if not job.args else f"student-{job.name}")
-    return old / job.data / (job.teacher or job).name / f"seed{job.seed}" / stage
 
 
 class RunStore:
@@ -109,8 +99,7 @@ class RunStore:
 
     def seeds(self, job: "Job") -> set[int]:
         """The seeds with a results.json of the run `job` names (any seed)."""
-        top = self.dir(job).parents[1]
-        return {k for k in _seeds_in(top) if (self.dir(_with_seed(job, k)) / RESULTS_FILE).is_file()}
+        return {k for k in seed_folders(self.root, job.data) if (self.dir(_with_seed(job, k)) / RESULTS_FILE).is_file()}
 
     def record_failure(self, job: "Job", message: str) -> None:
         """Make results.json say "failed" (keeping what the run wrote, and the error of a run that failed by itself;
@@ -142,24 +131,13 @@ class RunStore:
             raise StaleRunError(f"{run_dir} was trained with other settings than this recipe asks for ({shown}), so "
                                 f"it cannot be {action}. Delete {run_dir} to train it again.")
 
-    def lock(self, job: "Job", wait: bool, on_wait=None):
-        from kd_lightning.utils.run_lock import run_lock
-
-        return run_lock(self.dir(job), wait=wait, on_wait=on_wait)
-
 
 def _with_seed(job: "Job", seed: int) -> "Job":
-    from dataclasses import replace
-
     teacher = replace(job.teacher, seed=seed) if job.teacher is not None else None
     return replace(job, seed=seed, teacher=teacher)
 
 
-def _seeds_in(folder: Path) -> set[int]:
-    found = (re.fullmatch(r"seed(\d+)", p.name) for p in folder.glob("seed*") if p.is_dir())
-    return {int(m.group(1)) for m in found if m}
-
-
 def seed_folders(root: Path, data: str) -> set[int]:
     """Every k of <root>/<data>/<run>/seed<k>/ (seeds-needed's default seeds)."""
-    return {k for top in (Path(root) / data).glob("*") for k in _seeds_in(top)}
+    found = (re.fullmatch(r"seed(\d+)", p.name) for p in (Path(root) / data).glob("*/seed*") if p.is_dir())
+    return {int(m.group(1)) for m in found if m}
