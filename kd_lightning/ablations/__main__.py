@@ -3,11 +3,6 @@
     python -m kd_lightning.ablations status margin --seeds 0 1
     python -m kd_lightning.ablations build margin --data synthetic --seeds 0 1 2 3 4
 
-run trains every run the tables need (each distinct run once, resumed when interrupted, never re-run when finished)
-and builds them; build builds them from the runs there are (every seed found unless --seeds; a table with no run is
-skipped and named; exit 0 when one was built); status prints one line per run; migrate moves runs of the old layout
-into the store; sweep is the W&B sweep program (`sweep --write`: configs/sweeps/); expand prints the commands a
-sweep's agents would run; seeds-needed the seeds per row that detect --effect Δ (points) with 80% power.
 TABLE: a folder of configs/ablations with a table.yaml, or all.
 """
 from __future__ import annotations
@@ -32,11 +27,9 @@ from kd_lightning.exceptions import UserValueError
 
 def found_seeds(table: Table, tables: list[Table], recipe: Recipe, store: RunStore,
                 seeds: Optional[list[int]] = None) -> list[int]:
-    """The seeds of the table's runs that have a results.json (of `seeds` if given).
-
-    Tables share runs (Table D's KD students and its teachers are Tables A-C's), so the seeds come from the table's
-    own runs where any exist: seeds 3-4 trained for Tables A-C are not seeds of a Table D trained with 0-2. A table
-    none of whose own runs exist yet takes the seeds of all its runs."""
+    """The seeds of the table's runs that have a results.json (of `seeds` if given). Tables share runs, so the seeds
+    come from the runs no other table has where any exist: seeds 3-4 trained for Tables A-C are not seeds of a
+    Table D trained with 0-2 (Table D's KD students and its teachers are Tables A-C's)."""
     def seeds_of(jobs: list[Job]) -> set[int]:
         found = set().union(*(store.seeds(job) for job in jobs)) if jobs else set()
         return found if seeds is None else found & set(seeds)
@@ -79,8 +72,13 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kd_lightning.ablations", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "build", "status", "seeds-needed"):
-        sub = commands.add_parser(name)
+    for name, what in (("run", "train every run the tables need (each distinct run once, resumed when interrupted, "
+                                "never re-run when finished) and build them"),
+                       ("build", "build the tables from the runs there are (every seed found unless --seeds; a table "
+                                  "with no run is skipped and named; exit 0 when one was built)"),
+                       ("status", "print one line per run"),
+                       ("seeds-needed", "the seeds per row that detect --effect Δ (points) with 80%% power")):
+        sub = commands.add_parser(name, help=what)
         sub.add_argument("tables", nargs="+" if name != "seeds-needed" else "*", default=["all"],
                          help=" | ".join(table_names()) + " | all")
         sub.add_argument("--seeds", type=int, nargs="+", default=[0] if name in ("run", "status") else None,
@@ -99,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("migrate", help="move runs of the old layout into the run store under --runs")
     sub.add_argument("old", help="the old runs folder (<data>/<teacher run>/seed<k>/<stage>)")
     add_recipe_options(sub)
-    commands.add_parser("sweep", help="the W&B sweep program (see `sweep --help`)")
+    commands.add_parser("sweep", help="the W&B sweep program (`sweep --write`: configs/sweeps/; see `sweep --help`)")
     commands.add_parser("expand", help="the commands a sweep file's agents would run")
     return parser
 

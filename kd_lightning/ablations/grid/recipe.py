@@ -1,6 +1,4 @@
-"""How a run of a table row becomes a `kd-lightning fit` command: the trainer config, the data and stage configs (the
-demo's, configs/demo/, on the synthetic proxy), ARGS, the run's own settings, the row's arguments last so they win,
-then STUDENT_ARGS for students (docs/ablations.md, "Runs, resuming, failures")."""
+"""How a run of a table row becomes a `kd-lightning fit` command (docs/ablations.md, "Runs, resuming, failures")."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from kd_lightning.ablations.grid.spec import ABLATIONS, ROOT, find_backbone, rel
+from kd_lightning.ablations.grid.spec import ABLATIONS, ROOT, rel
 from kd_lightning.exceptions import UserFileError, UserValueError
 
 DATASETS = ("synthetic", "cifar100", "tiny_imagenet")
@@ -31,8 +29,7 @@ def parse_pair(pair: Optional[str]) -> Optional[tuple[str, str]]:
 
 @dataclass
 class Recipe:
-    """The settings a table shares across its rows (make's DATA, PAIR, EPOCHS, DEVICES, ARGS). Table A's margin
-    space is a change of its rows' teachers (runs.py), not of the recipe."""
+    """The settings a table shares across its rows: make's DATA, PAIR, EPOCHS, DEVICES, ARGS and STUDENT_ARGS."""
 
     data: str = "synthetic"
     pair: Optional[tuple[str, str]] = None
@@ -46,8 +43,11 @@ class Recipe:
             raise UserValueError(f"DATA must be one of {', '.join(DATASETS)}; got {self.data!r}")
         if self.epochs is not None and self.epochs < 1:
             raise UserValueError(f"EPOCHS must be >= 1, got {self.epochs}")
+        from kd_lightning.models import MODEL_NAMES as known
+
         for name in self.pair or ():
-            find_backbone(name)
+            if name not in known and "." not in name:  # a dotted name: a user's own class path
+                raise UserValueError(f"PAIR names backbone {name!r}, which does not exist; known: {', '.join(known)}")
         if self.devices and not (self.devices.isdigit() and int(self.devices) >= 1) and self.devices != "auto":
             raise UserValueError(f"DEVICES must be a whole number >= 1 (GPUs per run), got {self.devices!r}")
 
@@ -69,20 +69,16 @@ class Recipe:
         if self.proxy:
             files += [PROXY / "data.yaml", PROXY / f"{stage}.yaml"]
         else:
-            files += [ROOT / "configs" / "data" / f"{self.data}.yaml", self._stage_config(stage)]
+            path = ROOT / "configs" / stage / f"{self.backbone(stage)}.yaml"
+            if not path.is_file():
+                have = sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem not in ("alone", "rkd"))
+                raise UserFileError(f"no {stage} config for backbone {self.backbone(stage)!r} ({path}); PAIR takes "
+                                    f"{stage}s from: {', '.join(have)}")
+            files += [ROOT / "configs" / "data" / f"{self.data}.yaml", path]
         for path in files:
             if not path.is_file():
                 raise UserFileError(f"config {path} is missing; restore it from git")
         return files
-
-    def _stage_config(self, stage: str) -> Path:
-        name = self.backbone(stage)
-        path = ROOT / "configs" / stage / f"{name}.yaml"
-        if not path.is_file():
-            have = sorted(p.stem for p in (ROOT / "configs" / stage).glob("*.yaml") if p.stem not in ("alone", "rkd"))
-            raise UserFileError(f"no {stage} config for backbone {name!r} ({path}); PAIR takes {stage}s from: "
-                                f"{', '.join(have)}")
-        return path
 
     def command(self, stage: str, run_dir: Path, seed: int, row_args: list[str],
                 teacher_checkpoint: Optional[Path] = None, resume: bool = False) -> list[str]:
@@ -131,7 +127,7 @@ def recipe_of(ns: argparse.Namespace) -> Recipe:
     if ns.epochs and not str(ns.epochs).isdigit():
         raise UserValueError(f"EPOCHS must be a whole number, got {ns.epochs!r}")
     words = {}
-    for name, text in (("ARGS", ns.args), ("STUDENT_ARGS", getattr(ns, "student_args", ""))):
+    for name, text in (("ARGS", ns.args), ("STUDENT_ARGS", ns.student_args)):
         try:
             words[name] = shlex.split(text or "")
         except ValueError as err:

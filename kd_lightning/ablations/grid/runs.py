@@ -1,7 +1,5 @@
-"""Which training a table row asks for, so that rows asking for the same training share one run (docs/ablations.md,
-"A run is trained once"). A teacher run is named by what its resolved config changes in the recipe's teacher:
-nothing is "paper", `gate_delta=0.1`, `objective=InterClassContrastive`, a change outside model.init_args by its
-dotted key, and every teacher without a contrastive term is "plain_ce" (see teacher_run)."""
+"""Which training a table row asks for, so that rows asking for the same training share one run, and the jobs of a
+table (docs/ablations.md, "A run is trained once")."""
 from __future__ import annotations
 
 import importlib
@@ -68,21 +66,11 @@ def teacher_config(recipe: Recipe, args: list[str], source: str) -> dict[str, An
             **{_OUTSIDE_MODEL + k: v for k, v in _flatten(config).items()}}
 
 
-def _contrastive_only(class_path: str) -> tuple[str, ...]:
-    """The model's arguments that only its contrastive term reads, as its class declares them (CONTRASTIVE_ONLY)."""
-    module, _, name = class_path.rpartition(".")
-    return tuple(getattr(getattr(importlib.import_module(module), name), "CONTRASTIVE_ONLY", ()))
-
-
 def teacher_run(recipe: Recipe, row_args: list[str], margin_space: str = "prob", source: str = "") -> TeacherRun:
     """The run that `row_args` (a row's `--config FILE`, or a sweep agent's dotted keys) asks for, named by what its
-    resolved config changes in the recipe's teacher. Bad arguments raise RowError naming `source` (default: the row
-    files among `row_args`).
-
-    With no contrastive term (λ = 0, or the NoContrastive objective) the arguments the teacher class declares
-    contrastive-only change no gradient: such a row is the run "plain_ce" (trained as NoContrastive with λ = 0 and
-    the recipe's values of those arguments), named by its other changes only. The rule reads the class's own
-    declaration, so an argument added there is covered where it is defined."""
+    resolved config changes in the recipe's teacher; bad arguments raise RowError naming `source` (default: the row
+    files among `row_args`). Without a contrastive term, the arguments the teacher class declares CONTRASTIVE_ONLY
+    change no gradient: the run is "plain_ce", named by its other changes only."""
     files = [b for a, b in zip(row_args, row_args[1:]) if a == "--config"]
     source = source or ", ".join(files) or (f"arguments {' '.join(row_args)}" if row_args else "the recipe")
     base = teacher_config(recipe, [], "the recipe's teacher config")
@@ -91,7 +79,9 @@ def teacher_run(recipe: Recipe, row_args: list[str], margin_space: str = "prob",
     changes = tuple(sorted((k, v) for k, v in merged.items() if base.get(k, object()) != v))
     if not merged.get("contrastive_weight") or merged.get(OBJECTIVE) == NO_CONTRASTIVE:
         plain = ((OBJECTIVE, NO_CONTRASTIVE), ("contrastive_weight", 0.0))
-        ignored = {"contrastive_weight", *_contrastive_only(merged["=model.class_path"])}
+        module, _, name = merged["=model.class_path"].rpartition(".")
+        model_class = getattr(importlib.import_module(module), name)
+        ignored = {"contrastive_weight", *getattr(model_class, "CONTRASTIVE_ONLY", ())}
         rest = tuple((k, v) for k, v in changes if k.split(".")[0] not in ignored)
         return TeacherRun(_name(PLAIN_CE, rest), plain + rest)
     return TeacherRun(_name("", changes) or PAPER, changes)
@@ -110,22 +100,16 @@ def _name(prefix: str, changes: tuple[tuple[str, Any], ...]) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """One `kd-lightning fit`: a teacher, or a student of `teacher` (None: the student alone).
-
-    name:     readable: the teacher run's name (above), or the student row's (its method card's) name
-    args:     the run's own arguments, last on its command line
-    digest:   the hash of its resolved config without the seed (kd_lightning/identity.py)
-    settings: the pair settings it runs with: (dotted key, value, where the value comes from)
-    """
+    """One `kd-lightning fit`: a teacher, or a student of `teacher` (None: the student alone)."""
 
     data: str
     seed: int
     stage: str  # "teacher" | "student"
-    name: str
-    args: tuple[str, ...]
-    digest: str
+    name: str  # the teacher run's name, or the student row's (its method card's)
+    args: tuple[str, ...]  # the run's own arguments, last on its command line
+    digest: str  # the hash of its resolved config without the seed (kd_lightning/identity.py)
     teacher: Optional["Job"] = None
-    settings: tuple[tuple[str, str, str], ...] = ()
+    settings: tuple[tuple[str, str, str], ...] = ()  # its pair settings: (dotted key, value, where it comes from)
 
     @property
     def key(self) -> str:

@@ -1,47 +1,32 @@
 """A table as data: teacher rows x student rows (method cards) x seeds, declared by its manifest
-configs/ablations/<table>/table.yaml (docs/ablations.md), validated against Manifest by jsonargparse."""
+configs/ablations/<table>/table.yaml (docs/ablations.md), validated by jsonargparse against RowSpec."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
-from kd_lightning.exceptions import RowError, UserFileError, UserValueError
+from kd_lightning.exceptions import RowError, UserValueError
 
-
-def _repository_root() -> Path:
-    """Where configs/ lives: $KD_LIGHTNING_ROOT, else the checkout holding this package (an editable install), else
-    the current directory (a `pip install`ed package run from a checkout of the configs)."""
-    if os.environ.get("KD_LIGHTNING_ROOT"):
-        return Path(os.environ["KD_LIGHTNING_ROOT"]).resolve()
-    checkout = Path(__file__).resolve().parents[3]
-    return checkout if (checkout / "configs" / "ablations").is_dir() else Path.cwd()
-
-
-ROOT = _repository_root()
+# configs/ lives at $KD_LIGHTNING_ROOT, else in the checkout holding this package (an editable install), else in the
+# current directory (a `pip install`ed package run from a checkout of the configs).
+_CHECKOUT = Path(__file__).resolve().parents[3]
+ROOT = (Path(os.environ["KD_LIGHTNING_ROOT"]).resolve() if os.environ.get("KD_LIGHTNING_ROOT")
+        else _CHECKOUT if (_CHECKOUT / "configs" / "ablations").is_dir() else Path.cwd())
 ABLATIONS = ROOT / "configs" / "ablations"
 MANIFEST = "table.yaml"
 MARGIN_SPACES = ("prob", "logit")
-ALL_METHODS = "all"
 
 
 @dataclass
 class RowSpec:
-    """One teacher row of a manifest: `<name>.yaml` beside it (if present), then `args`, then on the proxy `proxy`."""
+    """A manifest's teacher row: `<name>.yaml` beside it (if present), then `args`, then on the proxy `proxy`."""
 
     name: str
     label: str
     args: list[str] = field(default_factory=list)
     proxy: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Manifest:
-    title: str
-    teachers: list[RowSpec]
-    students: Union[str, list[str]] = field(default_factory=lambda: ["kd"])
-    margin_space: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,33 +63,22 @@ class Table:
         return self.title + (f", {spaces[self.space]}" if self.margin_space else "")
 
 
-def _read_manifest(path: Path) -> Manifest:
+def _read_manifest(path: Path):
+    """The manifest's namespace: title, teachers (RowSpec fields), students, margin_space."""
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(Manifest, fail_untyped=True)
+    parser.add_argument("--title", type=str, required=True)
+    parser.add_argument("--teachers", type=list[RowSpec], required=True)
+    parser.add_argument("--students", type=Union[str, list[str]], default=["kd"])
+    parser.add_argument("--margin_space", type=bool, default=False)
     try:
-        ns = parser.parse_path(str(path))
+        return parser.parse_path(str(path))
     except Exception as err:  # jsonargparse reports schema errors as ArgumentError, a bad YAML file as others
         from kd_lightning.ablations.grid.identity import summary
 
         raise RowError(f"{path}: {summary(str(err))}; a manifest has `title:`, `teachers:` (each `name:`, `label:`, "
                        "optional `args:` and `proxy:`), `students:` and optional `margin_space:`") from None
-    teachers = [RowSpec(**vars(t)) if not isinstance(t, RowSpec) else t for t in ns.teachers]
-    return Manifest(ns.title, teachers, ns.students, ns.margin_space)
-
-
-def _student_rows(manifest: Manifest, path: Path) -> tuple[Row, ...]:
-    from kd_lightning.distillation.registry import method_cards
-
-    cards = {card.name: card for card in method_cards()}
-    names = list(cards) if manifest.students == ALL_METHODS else manifest.students
-    if isinstance(names, str) or not names:
-        raise RowError(f"{path}: students must be `{ALL_METHODS}` or a list of method names ({', '.join(cards)})")
-    unknown = [n for n in names if n not in cards]
-    if unknown:
-        raise RowError(f"{path}: no distillation method named {', '.join(unknown)}; known: {', '.join(cards)}")
-    return tuple(card_row(cards[n]) for n in names)
 
 
 def card_row(card) -> Row:
@@ -113,6 +87,8 @@ def card_row(card) -> Row:
 
 
 def load_table(name: str, space: str = "prob", root: Path | str = ABLATIONS) -> Table:
+    from kd_lightning.distillation.registry import method_cards
+
     folder = Path(root) / name
     path = folder / MANIFEST
     if not path.is_file():
@@ -131,9 +107,15 @@ def load_table(name: str, space: str = "prob", root: Path | str = ABLATIONS) -> 
         own = folder / f"{spec.name}.yaml"
         args = (["--config", rel(own)] if own.is_file() else []) + list(spec.args)
         teachers.append(Row(spec.name, spec.label, tuple(args), tuple(spec.proxy)))
-    used_space = space if manifest.margin_space else MARGIN_SPACES[0]
-    return Table(name, manifest.title, tuple(teachers), _student_rows(manifest, path), manifest.margin_space,
-                 used_space)
+    cards = {card.name: card for card in method_cards()}
+    students = list(cards) if manifest.students == "all" else manifest.students
+    if isinstance(students, str) or not students:
+        raise RowError(f"{path}: students must be `all` or a list of method names ({', '.join(cards)})")
+    unknown = [n for n in students if n not in cards]
+    if unknown:
+        raise RowError(f"{path}: no distillation method named {', '.join(unknown)}; known: {', '.join(cards)}")
+    return Table(name, manifest.title, tuple(teachers), tuple(card_row(cards[n]) for n in students),
+                 manifest.margin_space, space if manifest.margin_space else MARGIN_SPACES[0])
 
 
 def table_names(root: Path | str = ABLATIONS) -> list[str]:
@@ -164,11 +146,3 @@ def rel(path: Path) -> str:
         return str(Path(path).relative_to(ROOT))
     except ValueError:
         return str(path)
-
-
-def find_backbone(name: Optional[str]) -> None:
-    """Nothing when `name` is a known backbone; else one error listing them (PAIR is checked before any run)."""
-    from kd_lightning.models import MODEL_NAMES
-
-    if name is not None and name not in MODEL_NAMES and "." not in name:  # a dotted name: a user's own class path
-        raise UserValueError(f"PAIR names backbone {name!r}, which does not exist; known: {', '.join(MODEL_NAMES)}")

@@ -1,7 +1,6 @@
 """Expand a W&B grid sweep file offline into the commands its agents would run (`expand configs/sweeps/margin.yaml`):
-the Cartesian product of the values (what `method: grid` means; tests/test_sweeps.py checks it against W&B's own
-sweep engine), each made a command as wandb's agent builds it (create_sweep_command, create_sweep_command_args, then
-Agent._command_run's ${env}/${interpreter}/${program} substitution)."""
+the Cartesian product of the values (tests/test_sweeps.py checks it against W&B's own sweep engine), each made a
+command as wandb's agent builds it."""
 from __future__ import annotations
 
 import itertools
@@ -9,6 +8,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from kd_lightning.ablations.grid.spec import ROOT
 from kd_lightning.exceptions import UserValueError
 
 AGENT_ENV = "/usr/bin/env"
@@ -28,7 +28,8 @@ def grid(config: dict) -> tuple[str, list[dict[str, Any]]]:
 
 
 def agent_command(config: dict, params: dict[str, Any]) -> list[str]:
-    """The argv an agent would start for one run with `params` (wandb 0.31's agent, reproduced step by step)."""
+    """The argv an agent would start for one run with `params`: wandb 0.31's create_sweep_command,
+    create_sweep_command_args, then Agent._command_run's ${env}/${interpreter}/${program} substitution."""
     from wandb.sdk.launch.sweeps import utils as sweep_utils
 
     command = sweep_utils.create_sweep_command(list(config.get("command") or []) or None)
@@ -49,8 +50,6 @@ def expand(config: dict) -> tuple[str, list[list[str]]]:
 
 def main(argv: list[str]) -> int:
     import yaml
-
-    from kd_lightning.ablations.grid.spec import ROOT
 
     for path in argv or sorted(str(p) for p in (ROOT / "configs" / "sweeps").glob("*.yaml")):
         engine, commands = expand(yaml.safe_load(Path(path).read_text()))
