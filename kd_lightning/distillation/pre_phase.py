@@ -15,9 +15,14 @@ from kd_lightning.exceptions import UserValueError
 
 #: The `kd-lightning fit` key of such a method's pre-phase length (its `init_epochs` argument).
 INIT_EPOCHS_KEY = "model.distillation.init_args.init_epochs"
-#: What the cards of these methods say of their pre-phase (MethodCard.pre_phase_key, proxy_args). On the proxy, the
-#: 30-epoch pre-phase of a 240-epoch run is scaled to its 20 epochs (2.5, rounded down).
-INIT_EPOCHS_CARD_FIELDS = {"pre_phase_key": INIT_EPOCHS_KEY, "proxy_args": (f"--{INIT_EPOCHS_KEY}=2",)}
+#: The synthetic proxy's epochs (configs/demo/data.yaml) and its pre-phase: the 30 epochs before a 240-epoch run,
+#: scaled to 20 (2.5, rounded down).
+PROXY_EPOCHS, PROXY_INIT_EPOCHS = 20, 2
+#: What the cards of these methods say of their pre-phase (MethodCard.pre_phase_key, proxy_args). Their overlays run
+#: 270 epochs (30 + 240), so on the proxy the run is its 20 epochs plus the scaled pre-phase, not the overlay's 270.
+INIT_EPOCHS_CARD_FIELDS = {"pre_phase_key": INIT_EPOCHS_KEY,
+                           "proxy_args": (f"--{INIT_EPOCHS_KEY}={PROXY_INIT_EPOCHS}",
+                                          f"--trainer.max_epochs={PROXY_EPOCHS + PROXY_INIT_EPOCHS}")}
 
 
 def check_init_epochs(init_epochs: int, minimum: int, reason: str = "") -> int:
