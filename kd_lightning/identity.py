@@ -13,7 +13,7 @@ import hashlib
 import importlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from kd_lightning.utils.world_size import sync_batchnorm_applies, world_size
 
@@ -103,60 +103,29 @@ def _pop(config: dict, dotted: str) -> None:
         node.pop(leaf, None)
 
 
-class _ParserBuilt(Exception):
-    pass
-
-
-@functools.lru_cache(maxsize=1)
-def fit_parser() -> Any:
-    """The CLI's own parser (KDLightningCLI's, with its links and defaults), built once per process."""
-    from kd_lightning.cli import KDLightningCLI
-
-    holder: dict[str, Any] = {}
-
-    class _ParserOnly(KDLightningCLI):
-        def parse_arguments(self, parser: Any, args: Any) -> None:
-            holder["parser"] = parser
-            raise _ParserBuilt  # stop before parsing sys.argv and instantiating anything
-
-    try:
-        _ParserOnly(args=[])
-    except _ParserBuilt:
-        pass
-    parser = holder["parser"]
-    parser.exit_on_error = False  # raise ArgumentError instead of printing the usage and exiting
-    for sub in parser._subcommands_action._name_parser_map.values():
-        sub.exit_on_error = False
-    return parser
-
-
 def defaults_of(parser: Any) -> dict:
     """A (sub)command parser's defaults as a plain dict."""
     return json.loads(json.dumps(parser.get_defaults().as_dict(), default=str))
 
 
-@functools.lru_cache(maxsize=1)
-def _fit_defaults() -> dict:
-    return defaults_of(fit_parser()._subcommands_action._name_parser_map["fit"])
-
-
-def canonical(namespace: Any, defaults: Optional[Callable[[], dict]] = None) -> dict:
+def canonical(namespace: Any, defaults: Callable[[], dict]) -> dict:
     """The identity of a resolved fit namespace (see the module docstring). `defaults`: the fit parser's defaults
-    as a dict, asked for only when a key identity v1 did not know is there (default: the CLI's parser's)."""
+    as a dict, asked for only when a key identity v1 did not know is there (the caller holds the parser: this
+    module is imported by the CLI, so it builds none)."""
     config = json.loads(json.dumps(namespace.clone().as_dict(), sort_keys=True, default=str))
     trainer = config.get("trainer") or {}
     world = world_size(trainer.get("accelerator"), trainer.get("devices"), trainer.get("num_nodes"))
     synced = sync_batchnorm_applies(trainer.get("accelerator"), trainer.get("sync_batchnorm"))
     for key in VOLATILE:
         _pop(config, key)
-    _drop_new_defaults(config, "", defaults or _fit_defaults)
+    _drop_new_defaults(config, "", defaults)
     if world > 1 and not synced:
         # Each process normalizes over its batch_size // world images: another computation than one process.
         trainer["batchnorm_world_size"] = world
     return config
 
 
-def run_identity(namespace: Any, defaults: Optional[Callable[[], dict]] = None) -> dict:
+def run_identity(namespace: Any, defaults: Callable[[], dict]) -> dict:
     """What a run computes, its seed aside: the run folder's hash is of this (the seed is a folder of its own)."""
     config = canonical(namespace, defaults)
     config.pop("seed_everything", None)

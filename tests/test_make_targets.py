@@ -63,7 +63,8 @@ TABLE_TARGETS = {"table-margin": ["margin"], "table-contrastive": ["contrastive"
 OTHER_TARGETS = {
     "demo": (["SEEDS=0 1", "RUNS=out/runs"], ["experiments/demo.py --seeds 0 1 --runs 'out/runs'"]),
     "proxy": ([], ["--out 'results/proxy'", "--runs 'results/proxy-runs'", "for seed in 0 1 2 3 4"]),
-    "proxy-students": ([], ["run students --seeds 0 1 2", "--runs 'results/proxy-runs'", "--out 'results/proxy'"]),
+    "proxy-students": ([], ["run students --seeds 0 1 2", "--runs 'results/proxy-runs-students'",
+                            "--out 'results/proxy'"]),
     "sweeps": ([], ["-m kd_lightning.ablations sweep --write"]),
     "seeds-needed": (["EFFECT=0.7", "DATA=cifar100"], ["seeds-needed all --effect '0.7'", "--data 'cifar100'"]),
     "tables-status": (["STATUS=margin", "SEEDS=0 1", "DATA=cifar100", "RUNS=out/runs"],

@@ -131,11 +131,11 @@ def test_devices_default_to_one_process():
 # --- a new option with its default value changes no run's identity ----------------------------------------------
 def test_a_new_option_at_its_default_keeps_every_identity(monkeypatch):
     from kd_lightning import identity as core
-    from kd_lightning.ablations.grid.identity import resolve
+    from kd_lightning.ablations.grid.identity import _fit_defaults, resolve
 
     ns = resolve(["--config", "configs/demo/data.yaml", "--config", "configs/demo/teacher.yaml"], "test")
-    before = core.digest(core.canonical(ns))
-    fit_defaults = {**core._fit_defaults(), "fake_new_option": 7}
+    before = core.digest(core.canonical(ns, _fit_defaults))
+    fit_defaults = {**_fit_defaults(), "fake_new_option": 7}
     monkeypatch.setattr(core, "class_defaults", lambda path: {"fake_new_arg": 3})
     for option, arg, same in ((7, 3, True), (8, 3, False), (7, 4, False)):
         changed = ns.clone()

@@ -8,11 +8,43 @@ from argparse import ArgumentError
 from typing import Any, Iterable
 
 from kd_lightning.exceptions import KDLightningError, RowError
-from kd_lightning.identity import canonical, fit_parser
+from kd_lightning.identity import canonical, defaults_of, run_identity
 
 #: Arguments stripped before parsing (their keys are VOLATILE), so that runs differing only in them share a parse.
 _VOLATILE_ARGS = ("--trainer.default_root_dir", "--model.teacher_checkpoint", "--ckpt_path", "--print_config",
                   "--overwrite", "--wait_for_lock")
+
+
+class _ParserBuilt(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def fit_parser() -> Any:
+    """The CLI's own parser (KDLightningCLI's, with its links and defaults), built once per process."""
+    from kd_lightning.cli import KDLightningCLI
+
+    holder: dict[str, Any] = {}
+
+    class _ParserOnly(KDLightningCLI):
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            holder["parser"] = parser
+            raise _ParserBuilt  # stop before parsing sys.argv and instantiating anything
+
+    try:
+        _ParserOnly(args=[])
+    except _ParserBuilt:
+        pass
+    parser = holder["parser"]
+    parser.exit_on_error = False  # raise ArgumentError instead of printing the usage and exiting
+    for sub in parser._subcommands_action._name_parser_map.values():
+        sub.exit_on_error = False
+    return parser
+
+
+@functools.lru_cache(maxsize=1)
+def _fit_defaults() -> dict:
+    return defaults_of(fit_parser()._subcommands_action._name_parser_map["fit"])
 
 
 def summary(message: str) -> str:
@@ -58,7 +90,12 @@ def resolve(args: Iterable[str], source: str) -> Any:
 def identity(args: Iterable[str], source: str) -> dict:
     """The canonical resolved config of `kd-lightning fit ARGS`: equal for two commands exactly when they train
     the same run, whichever way they spell it."""
-    return canonical(resolve(args, source))
+    return canonical(resolve(args, source), _fit_defaults)
+
+
+def seedless_identity(args: Iterable[str], source: str) -> dict:
+    """identity() without the seed: what the run folder's hash is of."""
+    return run_identity(resolve(args, source), _fit_defaults)
 
 
 def differences(expected: dict, found: dict, prefix: str = "") -> list[str]:

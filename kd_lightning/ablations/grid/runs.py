@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from kd_lightning.ablations.grid.identity import identity, resolve
+from kd_lightning.ablations.grid.identity import identity, seedless_identity
 from kd_lightning.ablations.grid.recipe import Recipe, fit_args
 from kd_lightning.ablations.grid.spec import ROOT, Row, Table, rel
-from kd_lightning.identity import digest, run_identity
+from kd_lightning.identity import digest
 
 PAPER = "paper"
 PLAIN_CE = "plain_ce"
@@ -121,7 +121,7 @@ class Job:
 
 def run_digest(recipe: Recipe, stage: str, args: list[str], source: str) -> str:
     """The hash of what the run computes, its seed aside (the seed is a folder of its own)."""
-    return digest(run_identity(resolve(fit_args(recipe.command(stage, Path("/run"), 0, args)), source)))
+    return digest(seedless_identity(fit_args(recipe.command(stage, Path("/run"), 0, args)), source))
 
 
 def teacher_job(recipe: Recipe, teacher: TeacherRun, seed: int) -> Job:
