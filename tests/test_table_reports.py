@@ -314,3 +314,15 @@ def test_table_d_training_time_counts_each_run_once(built: Path):
     runs = {(run, stage) for _, run, student in ROWS["students"] for stage in ("teacher", student)}
     minutes = sum(wall(run, stage, s) for run, stage in runs for s in SEEDS) / 60
     assert f"| time | {minutes:.1f} min of training in all" in (built / "students.md").read_text()
+
+
+def test_a_pre_phase_is_not_counted_in_a_runs_epochs():
+    """AB, FT and FSP train a pre-phase first (270 = 30 + 240 on CIFAR-100, 22 = 2 + 20 on the proxy): the table
+    counts the epochs after it, so their runs and KD's agree and compare with the papers' 240."""
+    from kd_lightning.ablations.report.collect import _run
+
+    ab = {"epochs": 22, "config": {"model": {"init_args": {"distillation": {
+        "class_path": "kd_lightning.distillation.ab.ABLoss", "init_args": {"init_epochs": 2, "margin": 1.0}}}}}}
+    kd = {"epochs": 20, "config": {"model": {"init_args": {"distillation": {
+        "class_path": "kd_lightning.distillation.kd.KDLoss", "init_args": {"temperature": 4.0}}}}}}
+    assert _run(ab, "student")["epochs"] == _run(kd, "student")["epochs"] == 20
