@@ -69,8 +69,9 @@ def _run(results: dict, stage: str) -> dict:
     trainer = config.get("trainer", {})
     # A pre-phase (AB, FT, FSP: docs/method.md §5) comes before the student's training; its epochs are not counted,
     # so AB's 270 = 30 + 240 compares with KD's 240, as the papers count them.
-    distillation = ((config.get("model") or {}).get("init_args") or {}).get("distillation") or {}
-    pre_phase = (distillation.get("init_args") or {}).get("init_epochs") or 0 if isinstance(distillation, dict) else 0
+    distillation = ((config.get("model") or {}).get("init_args") or {}).get("distillation")
+    term_args = (distillation.get("init_args") or {}) if isinstance(distillation, dict) else {}
+    pre_phase = term_args.get("init_epochs") or 0
     epochs = results.get("epochs") - pre_phase if results.get("epochs") is not None else None
     out = {"backbone": results.get("backbone"), "epochs": epochs, "hardware": results.get("hardware"),
            "wall_seconds": float(results.get("wall_seconds") or 0), "data": describe_data(results.get("config") or {}),
