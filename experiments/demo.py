@@ -4,7 +4,7 @@
     intra-class teacher (paper)  ->  KD student            ("Ours": same student recipe, same seed)
     the same student alone (cross-entropy only)
 
-and one table (kd_lightning.ablations.report.demo builds it, each run picked by its role): accuracy and loss of all five runs, the teachers' embedding geometry R and soft-label statistics, the
+and one table (kd_lightning.demo_report builds it, each run picked by its role): accuracy and loss of all five runs, the teachers' embedding geometry R and soft-label statistics, the
 students' single-/multi-view accuracy, and the paired difference "Ours - KD" (with its 95% interval over seeds).
 
     python experiments/demo.py --seeds 0 1 2 3 4 [--jobs 2] [--runs runs/ablations] [--out results]
@@ -23,7 +23,7 @@ from kd_lightning.ablations.grid.local import run_jobs
 from kd_lightning.ablations.grid.recipe import Recipe
 from kd_lightning.ablations.grid.spec import ROOT
 from kd_lightning.ablations.grid.store import RESULTS_FILE, RunState, RunStore
-from kd_lightning.ablations.report.demo import LABELS, jobs, table
+from kd_lightning.demo_report import LABELS, jobs, table
 from kd_lightning.utils.atomic import atomic_write_text
 from kd_lightning.utils.hardware import usable_cpus
 from kd_lightning.utils.wandb_hint import sync_hint

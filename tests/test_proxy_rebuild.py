@@ -9,7 +9,7 @@ from kd_lightning.ablations.__main__ import build_found
 from kd_lightning.ablations.grid.recipe import Recipe
 from kd_lightning.ablations.grid.spec import ROOT, tables_of
 from kd_lightning.ablations.grid.store import RESULTS_FILE, RunStore
-from kd_lightning.ablations.report.demo import LABELS, jobs, table
+from kd_lightning.demo_report import LABELS, jobs, table
 
 PROXY, RUNS = ROOT / "results" / "proxy", ROOT / "results" / "proxy-runs"
 

@@ -1,4 +1,5 @@
-"""Published CIFAR-100 numbers (the method cards and report/published.py) and their place in the tables."""
+"""Published CIFAR-100 numbers (the method cards and the teacher/student baselines, distillation/registry.py) and
+their place in the tables."""
 import json
 from pathlib import Path
 
@@ -6,9 +7,8 @@ import pytest
 
 from kd_lightning.ablations.grid import recipe, runs, spec
 from kd_lightning.ablations.grid.store import RunStore
-from kd_lightning.ablations.report import published
 from kd_lightning.ablations.report.tables import build
-from kd_lightning.distillation.registry import method_cards
+from kd_lightning.distillation.registry import baselines, method_cards
 from kd_lightning.models import MODEL_NAMES
 
 
@@ -24,9 +24,9 @@ def test_every_method_card_and_baseline_names_our_pairs_with_sources():
     # Spot checks against the CRD paper's Table 1 (resnet32x4 -> resnet8x4 column) and the DKD/DIST READMEs.
     assert figures[("CRD", "resnet32x4->resnet8x4")] == 75.51 and figures[("DKD", "resnet32x4->resnet8x4")] == 76.32
     assert figures[("DIST", "resnet32x4->resnet8x4")] == 76.31 and figures[("KD", "resnet32x4->resnet8x4")] == 73.33
-    assert [p.top1 for p in published.baselines("resnet32x4", "resnet8x4", "teacher")] == [79.42]
-    assert [p.top1 for p in published.baselines("vgg13", "vgg8", "student")] == [70.36]
-    assert published.baselines("resnet20", "resnet8", "teacher") == []
+    assert [p.top1 for p in baselines("resnet32x4", "resnet8x4", "teacher")] == [79.42]
+    assert [p.top1 for p in baselines("vgg13", "vgg8", "student")] == [70.36]
+    assert baselines("resnet20", "resnet8", "teacher") == []
 
 
 def fixture(stage: str, acc: float, backbone: str, epochs: int) -> dict:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from kd_lightning.ablations.report import demo as demo_report
-from kd_lightning.ablations.report.demo import ALONE, CE_TEACHER, INTRA_TEACHER, KD, LABELS, OURS
+from kd_lightning import demo_report
+from kd_lightning.demo_report import ALONE, CE_TEACHER, INTRA_TEACHER, KD, LABELS, OURS
 
 SEEDS = [0, 1, 2, 3]
 METRICS = ["test/acc", "test/loss", "test/acc_single_view", "test/acc_multi_view", "test/ratio",

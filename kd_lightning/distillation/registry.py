@@ -156,6 +156,18 @@ def repdistiller_row(values: tuple[float, ...]) -> tuple[PublishedTop1, ...]:
     return tuple(PublishedTop1(t, s, v, REPDISTILLER) for (t, s), v in zip(REPDISTILLER_PAIRS, values))
 
 
+#: Published CIFAR-100 top-1 of the teachers and students trained alone (cross-entropy), beside which a table built on
+#: `cifar100` shows its plain-CE teacher: RepDistiller's table 1, its "Teacher" and "Student" rows, in
+#: REPDISTILLER_PAIRS order (each method's own numbers are in its card, `CARD.published`).
+BASELINES = {"teacher": (75.61, 75.61, 72.34, 74.31, 74.31, 79.42, 74.64),
+             "student": (73.26, 71.98, 69.06, 69.06, 71.14, 72.50, 70.36)}
+
+
+def baselines(teacher: str, student: str, who: str) -> list[PublishedTop1]:
+    """The published accuracy of the pair's teacher (who="teacher") or student alone (who="student")."""
+    return [p for p in repdistiller_row(BASELINES[who]) if (p.teacher, p.student) == (teacher, student)]
+
+
 def published(source: str, values: Mapping[tuple[str, str], float], **kwargs: Any) -> tuple[PublishedTop1, ...]:
     """Published numbers of one source, by (teacher, student)."""
     return tuple(PublishedTop1(t, s, v, source, **kwargs) for (t, s), v in values.items())

@@ -21,8 +21,8 @@ from kd_lightning.ablations.grid.spec import ABLATIONS, Table
 from kd_lightning.ablations.grid.store import RunStore
 from kd_lightning.ablations.report.collect import STAGES, collect, difference, gates, table_rows
 from kd_lightning.ablations.report.plot import plot
-from kd_lightning.ablations.report.published import baselines
 from kd_lightning.ablations.report.stats import LEGEND, spread
+from kd_lightning.distillation.registry import baselines
 from kd_lightning.utils.atomic import atomic_write_bytes, atomic_write_text
 from kd_lightning.utils.hardware import cpu_kernels, cpu_model, usable_cpus
 
