@@ -138,15 +138,15 @@ class PairedDifference:
             return (f"the same difference, {self.mean * scale:+.{digits}f}, on every one of the {self.n} seeds: no "
                     "spread to test against (e.g. a row that trains exactly as its baseline)")
         lo, hi = (v * scale for v in self.interval)
+        # "+0.35 points"; [1:] drops the sign where the words say gain or loss
         units = lambda v: f"{v:+.{digits}f} {unit}{'' if abs(v) == 1 else 's'}"  # noqa: E731
         sure = f"true differences of ±{self.detectable * scale:.{digits}f} or more are detected {POWER:.0%} of the time"
         if lo > 0:
             return f"a gain, of at least {units(lo)} and at most {units(hi)} ({self.n} seeds)"
         if hi < 0:
             return f"a loss, of at least {units(hi)[1:]} and at most {units(lo)[1:]} ({self.n} seeds)"
-        loss = f"{abs(lo):.{digits}f} {unit}{'' if abs(lo) == 1 else 's'}"
-        return (f"a gain above {units(hi)} and a loss of more than {loss} are ruled out; smaller ones these {self.n} "
-                f"seeds cannot tell apart ({sure})")
+        return (f"a gain above {units(hi)} and a loss of more than {units(lo)[1:]} are ruled out; smaller ones these "
+                f"{self.n} seeds cannot tell apart ({sure})")
 
 
 def paired(row: dict[int, float], baseline: dict[int, float]) -> PairedDifference:

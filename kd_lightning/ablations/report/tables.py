@@ -26,22 +26,24 @@ from kd_lightning.distillation.registry import baselines
 from kd_lightning.utils.atomic import atomic_write_bytes, atomic_write_text
 from kd_lightning.utils.hardware import cpu_kernels, cpu_model, usable_cpus
 
-#: The CSV's metrics per stage: (column name, collect's column: results.json section / metric key).
-_BOTH = [("test_acc_last", "last/test/acc"), ("test_acc_best", "best/test/acc"),
-         ("test_loss_last", "last/test/loss"), ("test_loss_best", "best/test/loss"),
-         ("train_loss", "last/train/loss"), ("train_loss_ce", "last/train/loss_ce")]
-METRICS: dict[str, list[tuple[str, str]]] = {
-    "teacher": _BOTH + [
-        ("train_loss_contrastive", "last/train/loss_contrastive"), ("gate_open", "last/train/gate_open"),
-        ("d_intra_last", "last/test/d_intra"), ("d_inter_last", "last/test/d_inter"), ("ratio_last", "last/test/ratio"),
-        ("d_intra_best", "best/test/d_intra"), ("d_inter_best", "best/test/d_inter"), ("ratio_best", "best/test/ratio"),
-        ("soft_intra_var_last", "last/test/soft_intra_var"),
-        ("soft_nontarget_mass_last", "last/test/soft_nontarget_mass"), ("soft_entropy_last", "last/test/soft_entropy")],
-    "student": _BOTH + [
-        ("train_loss_kd", "last/train/loss_kd"), ("train_loss_rkd", "last/train/loss_rkd"),
-        ("acc_single_view_last", "last/test/acc_single_view"), ("acc_multi_view_last", "last/test/acc_multi_view"),
-        ("soft_intra_var_last", "last/test/soft_intra_var")],
-}
+#: The CSV's metrics per stage (<stage>_<name>_mean, _std, _n): a name ending in _last or _best is that section's test
+#: metric (test_acc_best: collect's best/test/acc), any other the last epoch's train metric (gate_open: last/train/...).
+_BOTH = "test_acc_last test_acc_best test_loss_last test_loss_best train_loss train_loss_ce "
+METRICS = {"teacher": (_BOTH + "train_loss_contrastive gate_open d_intra_last d_inter_last ratio_last "
+                       "d_intra_best d_inter_best ratio_best soft_intra_var_last soft_nontarget_mass_last "
+                       "soft_entropy_last").split(),
+           "student": (_BOTH + "train_loss_kd train_loss_rkd acc_single_view_last acc_multi_view_last "
+                       "soft_intra_var_last").split()}
+
+
+def source(name: str) -> str:
+    """collect's column of a CSV metric (METRICS)."""
+    stem, _, section = name.rpartition("_")
+    if section in ("last", "best"):
+        return f"{section}/test/{stem.removeprefix('test_')}"
+    return f"last/train/{name.removeprefix('train_')}"
+
+
 Column = tuple[str, str, str, float, int]  # header, stage, collect's column, scale, digits
 ACCURACY: list[Column] = [
     ("teacher acc (last)", "teacher", "last/test/acc", 100.0, 2),
@@ -82,7 +84,7 @@ DIFFERENCES: list[Column] = [
     ("teacher R", "teacher", "last/test/ratio", 1.0, 4),
     ("teacher soft_intra_var", "teacher", "last/test/soft_intra_var", 1.0, 5),
 ]
-NUMBERS = sorted({c for m in METRICS.values() for _, c in m} | {c[2] for c in ACCURACY + SOFT_LABELS + LOSSES})
+NUMBERS = sorted({source(n) for m in METRICS.values() for n in m} | {c[2] for c in ACCURACY + SOFT_LABELS + LOSSES})
 
 
 def _counts(values) -> str:
@@ -94,17 +96,13 @@ def _counts(values) -> str:
 
 
 def hardware_now() -> str:
-    """CPU model, its kernel set and the threads this process may use, and GPUs when torch sees any: the machine
-    building the table (kd_lightning/utils/hardware.py)."""
+    """The machine building the table: CPU model, its kernel set, the threads this process may use, and GPUs."""
     text = f"{cpu_model()}, kernels {cpu_kernels()}, {usable_cpus()} threads available"
     try:
-        import torch
+        from torch import cuda
 
-        if torch.cuda.is_available():
-            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            text += "; GPUs: " + _counts(names).replace(" runs)", ")")
-        else:
-            text += "; no GPU"
+        gpus = [cuda.get_device_name(i) for i in range(cuda.device_count())] if cuda.is_available() else []
+        text += "; GPUs: " + _counts(gpus).replace(" runs)", ")") if gpus else "; no GPU"
     except Exception:  # noqa: BLE001 - a broken CUDA install must not stop the table
         pass
     return text
@@ -116,6 +114,7 @@ def settings(frame: pd.DataFrame, table: Table, data: str, seeds: list[int], wan
     teachers), and a run counted once per row would multiply its training time."""
     runs = frame[frame.state == "complete"].drop_duplicates("key")
     by_stage = {stage: runs[runs.stage == stage] for stage in STAGES}
+    never = "finished runs are never re-run; delete them or use another RUNS folder"
     warnings = []
     for stage, part in by_stage.items():
         epochs = list(part.epochs)
@@ -123,16 +122,14 @@ def settings(frame: pd.DataFrame, table: Table, data: str, seeds: list[int], wan
             warnings.append(f"the {stage} runs do not all have the same number of epochs: {_counts(epochs)}")
         if want_epochs and epochs and set(epochs) != {want_epochs}:
             warnings.append(f"EPOCHS={want_epochs} was asked for but the {stage} runs have {_counts(epochs)} epochs: "
-                            "finished runs are never re-run; delete them or use another RUNS folder")
-    for stage, part in by_stage.items():
-        if part.backbone.nunique(dropna=False) > 1:
-            warnings.append(f"the {stage} runs do not all use the same backbone: {_counts(part.backbone)}")
-    pair_t, pair_s = (_counts(by_stage[stage].backbone) for stage in STAGES)
+                            + never)
+    warnings += [f"the {stage} runs do not all use the same backbone: {_counts(part.backbone)}"
+                 for stage, part in by_stage.items() if part.backbone.nunique(dropna=False) > 1]
+    pair_t, pair_s = (_counts(part.backbone) for part in by_stage.values())
     if want_pair and all(len(part) for part in by_stage.values()):
-        want_t, want_s = [p.strip() for p in want_pair.split("->")]
-        if set(by_stage["teacher"].backbone) != {want_t} or set(by_stage["student"].backbone) != {want_s}:
-            warnings.append(f"PAIR={want_pair} was asked for but the runs use {pair_t} -> {pair_s}: "
-                            "finished runs are never re-run; delete them or use another RUNS folder")
+        wants = [p.strip() for p in want_pair.split("->")]
+        if any(set(part.backbone) != {want} for part, want in zip(by_stage.values(), wants)):
+            warnings.append(f"PAIR={want_pair} was asked for but the runs use {pair_t} -> {pair_s}: {never}")
     hardware = _counts(h for h in runs.hardware if h)
     if hardware == "unknown":
         hardware = hardware_now() + " (read when this table was built; results.json does not record it)"
@@ -230,14 +227,11 @@ def differences_section(rows: pd.DataFrame, deltas: dict) -> list[str]:
             # its "seeds paired" cell is empty, and written "| |" as it always has been
             lines.append([r.label, *["baseline"] * (len(DIFFERENCES) - 1), "baseline |"])
             continue
-        cells = []
-        for d, (_, stage, _, scale, digits) in zip(deltas[cell], DIFFERENCES):
-            # No seed to pair: say why (the row's or the baseline's state), never a number.
-            base = rows.loc[r.base]
-            unpaired = (r[f"{stage}_status"] if not r[f"{stage}_seeds_complete"]
-                        else f"baseline {base[f'{stage}_status']}" if not base[f"{stage}_seeds_complete"]
-                        else "no common seed")
-            cells.append(d.text(scale, digits) if d.n else unpaired)
+        base = rows.loc[r.base]
+        # No seed to pair: say why (the row's or the baseline's state), never a number.
+        cells = [d.text(scale, digits) if d.n else r[f"{stage}_status"] if not r[f"{stage}_seeds_complete"]
+                 else f"baseline {base[f'{stage}_status']}" if not base[f"{stage}_seeds_complete"] else "no common seed"
+                 for d, (_, stage, _, scale, digits) in zip(deltas[cell], DIFFERENCES)]
         lines.append([r.label, *cells, str(max(d.n for d in deltas[cell]))])
     out += md_table(["row", *(f"Δ {c[0]}" for c in DIFFERENCES), "seeds paired"], lines)
     out += ["", f"Δ = row − {what} over the seeds both completed (accuracy in points): {LEGEND}. No mark = not "
@@ -250,7 +244,7 @@ def differences_section(rows: pd.DataFrame, deltas: dict) -> list[str]:
 
 def published_section(frame: pd.DataFrame, rows: pd.DataFrame, data: str, students: dict) -> list[str]:
     """Our best-epoch student (and plain-CE teacher) accuracy beside the published number of the same method and pair
-    (published.py), with the difference; the published figures are best-epoch numbers of 240-epoch runs."""
+    (its method card; the teachers' in distillation/registry.py), with the difference."""
     out = ["## Published numbers", ""]
     if data != "cifar100":
         return out + [f"No published number applies: these runs are on `{data}`, not CIFAR-100.", ""]
@@ -260,19 +254,18 @@ def published_section(frame: pd.DataFrame, rows: pd.DataFrame, data: str, studen
         runs = {stage: done[(done.cell == cell) & (done.stage == stage)] for stage in STAGES}
         teacher, student = (runs[s].backbone.iloc[0] if runs[s].backbone.nunique() == 1 else "" for s in STAGES)
         card = students[r.student].card
-        checks = [("student", card.label, "student", card.published_for(teacher, student))]
+        checks = [("student", card.label, card.published_for(teacher, student))]
         if r.baseline:  # the plain-CE teacher is the papers' teacher
-            checks.append(("teacher", "teacher", "teacher", baselines(teacher, student, "teacher")))
-        for stage, method, who, numbers in checks:
-            ours = runs[stage]["best/test/acc"].dropna()
+            checks.append(("teacher", "teacher", baselines(teacher, student, "teacher")))
+        for stage, method, numbers in checks:
+            ours, epochs = runs[stage]["best/test/acc"].dropna(), set(runs[stage].epochs)
             for p in numbers:
-                epochs = set(runs[stage].epochs)
                 if epochs != {p.epochs}:
                     notes.add(f"our {stage} runs have {', '.join(map(str, sorted(epochs, key=str)))} epochs, the "
                               f"published ones {p.epochs}")
                 diff = "—" if ours.empty else f"{ours.mean() * 100 - p.top1:+.2f}"
                 spread_ = f" ± {p.spread:.2f}" if p.spread is not None else ""
-                lines.append([r.label, f"{who} {method}", p.pair, spread(ours, 100.0), f"{p.top1:.2f}{spread_}", diff,
+                lines.append([r.label, f"{stage} {method}", p.pair, spread(ours, 100.0), f"{p.top1:.2f}{spread_}", diff,
                               str(p.epoch), p.source])
     if not lines:
         return out + ["No published number is listed for this pair and these methods "
@@ -280,9 +273,9 @@ def published_section(frame: pd.DataFrame, rows: pd.DataFrame, data: str, studen
     out += md_table(["row", "what", "pair", "ours (best epoch, %)", "published (%)", "ours − published",
                      "published epoch", "source"], lines)
     out += ["", "Ours: the best-epoch weights' test accuracy (highest val/acc), mean ± sample std over seeds; the "
-            "published figures are the best test accuracy over training where the source says so (\"published epoch\"). "
-            "Our recipe is this framework's (METHOD.md), not the source's code: a difference of a few tenths is within "
-            "the run-to-run spread the sources report."]
+            "published figures are the best test accuracy over training where the source says so "
+            "(\"published epoch\"). Our recipe is this framework's (METHOD.md), not the source's code: a difference "
+            "of a few tenths is within the run-to-run spread the sources report."]
     return out + [f"Differs from the paper: {note}." for note in sorted(notes)] + [""]
 
 
@@ -301,9 +294,9 @@ def csv_text(frame: pd.DataFrame, rows: pd.DataFrame, deltas: dict, seeds: list[
            "seeds_asked": " ".join(map(str, seeds))}
     out |= {f"{stage}_{what}": rows[f"{stage}_{what}"] for what in ("status", "seeds_complete") for stage in STAGES}
     for stage, metrics in METRICS.items():
-        for name, column in metrics:
+        for name in metrics:
             for what, agg in (("mean", "mean"), ("std", "std"), ("n", "count")):
-                out[f"{stage}_{name}_{what}"] = stats.loc[stage][(column, agg)].to_numpy()
+                out[f"{stage}_{name}_{what}"] = stats.loc[stage][(source(name), agg)].to_numpy()
     for i, (_, stage, column, _, _) in enumerate(DIFFERENCES):
         section, _, key = column.split("/")
         name = f"diff_{stage}_{key}_{section}"
