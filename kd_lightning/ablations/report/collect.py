@@ -64,7 +64,6 @@ RUN_INFO = ("backbone", "epochs", "hardware", "wall_seconds", "data", "devices",
 
 
 def _run(results: dict, stage: str) -> dict:
-    """What the reports read of a complete run's results.json."""
     config = results.get("config") or {}
     trainer = config.get("trainer", {})
     # A pre-phase (AB, FT, FSP: docs/method.md §5) comes before the student's training; its epochs are not counted,
@@ -74,7 +73,7 @@ def _run(results: dict, stage: str) -> dict:
     pre_phase = term_args.get("init_epochs") or 0
     epochs = results.get("epochs") - pre_phase if results.get("epochs") is not None else None
     out = {"backbone": results.get("backbone"), "epochs": epochs, "hardware": results.get("hardware"),
-           "wall_seconds": float(results.get("wall_seconds") or 0), "data": describe_data(results.get("config") or {}),
+           "wall_seconds": float(results.get("wall_seconds") or 0), "data": describe_data(config),
            "devices": f"{trainer.get('accelerator', '?')} x {trainer.get('devices', '?')}"}
     out.update({f"{section}/{key}": _number(value) for section in ("last", "best")
                 for key, value in (results.get(section) or {}).items()})
@@ -122,16 +121,15 @@ def collect(table: Table, recipe: Recipe, seeds: list[int], store: RunStore, abl
     return frame
 
 
-def values(frame: pd.DataFrame, cell: int, stage: str, column: str) -> dict[int, float]:
-    """seed -> the finite value of `column` in the cell's complete runs of `stage`."""
-    runs = frame[(frame.cell == cell) & (frame.stage == stage) & (frame.state == "complete")]
-    return runs.set_index("seed")[column].dropna().to_dict() if column in runs else {}
-
-
 def difference(frame: pd.DataFrame, cell: int, stage: str, column: str) -> Optional[PairedDifference]:
-    """The cell minus its base row, seed by seed (None for a baseline row)."""
+    """The cell minus its base row, seed by seed: the finite values of `column` in their complete runs of `stage`
+    (None for a baseline row)."""
     base = frame.loc[frame.cell == cell, "base"].iloc[0]
-    return None if base is None else paired(values(frame, cell, stage, column), values(frame, base, stage, column))
+    if base is None:
+        return None
+    done = frame[(frame.stage == stage) & (frame.state == "complete")]
+    return paired(*(done[done.cell == c].set_index("seed")[column].dropna().to_dict() if column in done else {}
+                    for c in (cell, base)))
 
 
 def table_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -37,7 +37,6 @@ METRICS = {"teacher": (_BOTH + "train_loss_contrastive gate_open d_intra_last d_
 
 
 def source(name: str) -> str:
-    """collect's column of a CSV metric (METRICS)."""
     stem, _, section = name.rpartition("_")
     if section in ("last", "best"):
         return f"{section}/test/{stem.removeprefix('test_')}"
@@ -141,8 +140,7 @@ def settings(frame: pd.DataFrame, table: Table, data: str, seeds: list[int], wan
         ("epochs", f"teacher {_counts(by_stage['teacher'].epochs)}, student {_counts(by_stage['student'].epochs)}"),
         ("seeds", f"{' '.join(map(str, seeds))} ({len(seeds)} asked for; cells are mean ± sample std over the "
                   "complete seeds, with their count in the last column)"),
-        ("devices", _counts(runs.devices)),
-        ("hardware", hardware),
+        ("devices", _counts(runs.devices)), ("hardware", hardware),
         ("time", f"{runs.wall_seconds.sum() / 60:.1f} min of training in all (the runs' wall_seconds; a resumed run "
                  "counts its last part only)"),
         ("numbers", "test top-1 accuracy in %; *last* = the last-epoch weights, *best* = the weights of the epoch "
@@ -293,10 +291,9 @@ def csv_text(frame: pd.DataFrame, rows: pd.DataFrame, deltas: dict, seeds: list[
     out = {"table": tid, "data": data, "row": rows.row, "label": rows.label, "run": rows.run,
            "seeds_asked": " ".join(map(str, seeds))}
     out |= {f"{stage}_{what}": rows[f"{stage}_{what}"] for what in ("status", "seeds_complete") for stage in STAGES}
-    for stage, metrics in METRICS.items():
-        for name in metrics:
-            for what, agg in (("mean", "mean"), ("std", "std"), ("n", "count")):
-                out[f"{stage}_{name}_{what}"] = stats.loc[stage][(source(name), agg)].to_numpy()
+    out |= {f"{stage}_{name}_{what}": stats.loc[stage][(source(name), agg)].to_numpy()
+            for stage, names in METRICS.items() for name in names
+            for what, agg in (("mean", "mean"), ("std", "std"), ("n", "count"))}
     for i, (_, stage, column, _, _) in enumerate(DIFFERENCES):
         section, _, key = column.split("/")
         name = f"diff_{stage}_{key}_{section}"
@@ -321,7 +318,7 @@ def build(table: Table, recipe: Recipe, seeds: list[int], store: RunStore, out: 
               for cell in rows.index}
     info = settings(frame, table, recipe.data, seeds, "->".join(recipe.pair) if recipe.pair else None, recipe.epochs)
     title = f"{table.heading} — {recipe.data}"
-    paths = [out / f"{table.id}.md", out / f"{table.id}.csv", out / f"{table.id}.png"]
+    paths = [out / f"{table.id}.{ext}" for ext in ("md", "csv", "png")]
     atomic_write_text(paths[0], markdown(frame, rows, deltas, info, seeds, title, recipe.data,
                                          {row.name: row for row in table.students}))
     atomic_write_text(paths[1], csv_text(frame, rows, deltas, seeds, table.id, recipe.data))
