@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Optional
 
 import matplotlib
 import pandas as pd
@@ -18,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452"}
 
 
-def _axis(ax, title: str, ylabel: str, rows: Optional[pd.DataFrame] = None) -> None:
+def _axis(ax, title: str, ylabel: str, rows: pd.DataFrame | None = None) -> None:
     """A panel's title and y label and, given the rows, one labelled x tick per row."""
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
