@@ -37,7 +37,10 @@ def power(effect: float, sd: float, n: int) -> float:
     """Probability that the two-sided paired t-test with n seeds rejects when the true mean difference is `effect`."""
     if n < 2 or sd <= 0:
         raise ValueError(f"power needs n >= 2 seeds and sd > 0, got n={n}, sd={sd}")
-    return float(TTestPower().power(effect_size=effect / sd, nobs=n, alpha=ALPHA, alternative="two-sided"))
+    # Both tails as upper tails of the noncentral t: scipy 1.17's nct.cdf (and statsmodels' power through it) is NaN
+    # in the far lower tail (effect/sd = 7, n = 5), and a NaN once passed for "80% reached" in seeds_needed.
+    nc, t = effect / sd * math.sqrt(n), t975(n - 1)
+    return float(stats.nct.sf(t, n - 1, nc) + stats.nct.sf(t, n - 1, -nc))
 
 
 def detectable_effect(sd: float, n: int) -> Optional[float]:
