@@ -92,3 +92,7 @@ def test_paired_difference_text_and_verdict():
     assert "cannot tell apart" in verdict
     assert stats.PairedDifference((0.05, 0.06, 0.055), (0, 1, 2)).verdict(100).startswith("a gain, of at least +")
     assert stats.PairedDifference((0.05,), (0,)).text(100) == "+5.00 (1 seed: no interval)"
+    # The same difference on every seed (2 seeds agreeing by chance, or a row that trains as its baseline): no spread,
+    # no test, so no significance mark.
+    same = stats.PairedDifference((0.01, 0.01), (0, 1))
+    assert same.significant is None and same.text(100).startswith("+1.00 [+1.00, +1.00] · ")

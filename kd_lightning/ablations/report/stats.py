@@ -111,9 +111,10 @@ class PairedDifference:
 
     @property
     def significant(self) -> Optional[bool]:
-        """True when the 95% interval excludes 0; None with fewer than 2 seeds (no interval)."""
+        """True when the 95% interval excludes 0; None with fewer than 2 seeds (no interval) or with the same difference
+        on every seed (no spread: the t-test is undefined, and 2 seeds that agree by chance are no result)."""
         interval = self.interval
-        return None if interval is None else (interval[0] > 0 or interval[1] < 0)
+        return None if interval is None or self.sd == 0 else (interval[0] > 0 or interval[1] < 0)
 
     @property
     def detectable(self) -> Optional[float]:
