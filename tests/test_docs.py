@@ -548,8 +548,9 @@ def test_docs_are_clean_utf8():
 
 
 def _proxy_minutes() -> tuple[list[float], float, float]:
-    """From the committed runs' results.json `wall_seconds` (results/proxy-runs/, two runs at a time, so half the
-    sum): the demo's minutes per seed (its five runs), Tables A-C's minutes over all seeds, Table D's extra runs'."""
+    """From the committed runs' results.json `wall_seconds` (two runs at a time, so half the sum): the demo's minutes
+    per seed (its five runs) and Tables A-C's over all seeds (results/proxy-runs/), Table D's (its own store,
+    results/proxy-runs-students/)."""
     import json
 
     wall: dict[tuple[str, str, str], float] = {}
@@ -564,7 +565,8 @@ def _proxy_minutes() -> tuple[list[float], float, float]:
                  ("alone", "student")]
     demo = [sum(wall[run, seed, stage] for run, stage in demo_runs) / 2 / 60 for seed in seeds]
     tables = sum(v for (run, _, stage), v in wall.items() if stage in ("teacher", "student") and run != "alone")
-    students = sum(v for (_, _, stage), v in wall.items() if stage.startswith("student-"))
+    students = sum(float(json.loads(path.read_text())["wall_seconds"])
+                   for path in (ROOT / "results/proxy-runs-students").glob("*/*/seed*/*/results.json"))
     return demo, tables / 2 / 60, students / 2 / 60
 
 
@@ -576,7 +578,42 @@ def test_time_claims_are_the_committed_runs():
     lo, hi = round(min(demo) * 2) / 2, round(max(demo) * 2) / 2  # to the half minute
     assert f"One seed took {lo:g} to {hi:g} minutes" in readme, (lo, hi)
     assert f"Tables A-C took {round(tables)} minutes for the 5 seeds" in readme, tables
-    assert f"other student methods {round(students)} minutes" in readme, students
+    assert f"Table D took {round(students)} minutes for its 3 seeds" in readme, students
+
+
+def _table_d_lines() -> list[str]:
+    """docs/results.md's Table D, one line per student method, from the committed results/proxy/students.csv (whose
+    intervals tests/test_table_reports.py pins to an independent computation)."""
+    import pandas as pd
+
+    csv = pd.read_csv(ROOT / "results" / "proxy" / "students.csv")
+    pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    lines = []
+    for _, part in csv.groupby("row", sort=False):
+        ce, paper = (part[part.run == run].iloc[0] for run in ("plain_ce", "paper"))
+        cells = [ce.label.split(" ← ")[0]]
+        cells += [f"{pct(r.student_test_acc_last_mean)} ± {pct(r.student_test_acc_last_std)}" for r in (ce, paper)]
+        for which in ("last", "best"):
+            mean, lo, hi = (paper[f"diff_student_acc_{which}_{k}"] for k in ("mean", "ci_low", "ci_high"))
+            mark = " *" if lo > 0 or hi < 0 else ""
+            cells.append(f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]{mark}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def test_results_doc_table_d_is_the_committed_csv():
+    """The student methods' table in docs/results.md is results/proxy/students.csv, every method of the cards, each
+    cell on 3 seeds: a rebuilt Table D changes it, and this test says what to paste."""
+    import pandas as pd
+
+    from kd_lightning.distillation.registry import method_cards
+
+    csv = pd.read_csv(ROOT / "results" / "proxy" / "students.csv")
+    assert set(csv.row) == {card.name for card in method_cards()}
+    assert set(csv.student_test_acc_last_n) == {3} and set(csv.diff_student_acc_last_n.dropna()) == {3}
+    text = (ROOT / "docs" / "results.md").read_text()
+    lines = _table_d_lines()
+    assert all(line in text for line in lines), "docs/results.md's Table D is stale; paste:\n" + "\n".join(lines)
 
 
 def test_readme_method_table_is_the_cards():
