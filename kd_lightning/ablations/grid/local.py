@@ -155,7 +155,8 @@ def run_job(job: Job, recipe: Recipe, store: RunStore, dry_run: bool = False, th
     try:
         with run_lock(run_dir, wait=wait, on_wait=lambda owner: say(
                 f"{tag}: being trained by {owner}; waiting for it (its lock is {run_dir / LOCK_FILE})")) as lock_fd:
-            if _kept(job, store, expected, " (trained by another process)"):  # while this one waited for the lock
+            # Read again under the lock: another process may have finished the run while this one waited for it.
+            if _kept(job, store, expected, " (trained by another process)"):
                 return RunState.COMPLETE.value
             return _train(job, recipe, store, expected, lock_fd, child_env(job, threads, run_dir, gpus, environ),
                           launcher, gpus)
