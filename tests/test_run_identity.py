@@ -155,3 +155,27 @@ def test_what_lambda_zero_ignores_is_what_the_teacher_class_declares(monkeypatch
     monkeypatch.setattr(TeacherModule, "CONTRASTIVE_ONLY",
                         tuple(a for a in TeacherModule.CONTRASTIVE_ONLY if a != "memory_size"))
     assert runs.teacher_run(PROXY, args).name == "plain_ce+memory_size=8"
+
+
+# --- migrate: runs of the layout before the store move into it, other recipes' runs stay -----------------------------
+def test_migrate_moves_the_recipes_old_runs_and_names_the_others(tmp_path, capsys):
+    from kd_lightning.ablations.grid.migrate import migrate
+    from kd_lightning.ablations.grid.store import RECIPE_FILE, legacy_dir, read_json
+
+    store, old = RunStore(tmp_path / "new"), tmp_path / "old"
+    ours, other, taken = runs.grid_jobs(PROXY, spec.tables_of(["margin"]), 0)[:3]
+    for job in (ours, other, taken):
+        identity = runner.expected_identity(job, PROXY, store)
+        if job is other:  # another recipe's run: trained for 3 epochs, not the proxy's 20
+            identity["trainer"]["max_epochs"] = 3
+        legacy_dir(old, job).mkdir(parents=True)
+        (legacy_dir(old, job) / RECIPE_FILE).write_text(json.dumps({"identity": identity}))
+    store.dir(taken).mkdir(parents=True)  # its store folder exists already: not overwritten
+    assert migrate(old, PROXY, store, spec.ABLATIONS) == 1
+    assert not legacy_dir(old, ours).exists() and store.dir(ours).relative_to(store.root) == Path(ours.key)
+    assert read_json(store.dir(ours) / RECIPE_FILE)["identity"] == runner.expected_identity(ours, PROXY, store)
+    out = capsys.readouterr().out
+    assert f"[migrate] moved 1 runs into {store.root}" in out
+    assert f"not moved: {legacy_dir(old, other)}: trainer.max_epochs: 3 -> 20" in out
+    assert f"not moved: {legacy_dir(old, taken)}: {store.dir(taken)} exists already" in out
+    assert legacy_dir(old, other).is_dir() and not any(store.dir(taken).iterdir())

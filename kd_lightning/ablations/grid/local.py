@@ -83,12 +83,9 @@ def launch(command: list[str], env: dict[str, str], log: Path, prefix: str, lock
     with log.open("a") as sink:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, pass_fds=(lock_fd,) if lock_fd is not None else ())
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+        main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+        previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM)) if main else None
         try:
-            assert proc.stdout is not None
             for line in proc.stdout:
                 sink.write(line)
                 if CONSOLE_LINE.match(line):
@@ -109,8 +106,7 @@ def launch(command: list[str], env: dict[str, str], log: Path, prefix: str, lock
 def job_command(job: Job, recipe: Recipe, store: RunStore, resume: bool = False) -> list[str]:
     """The `python -m kd_lightning fit ...` command of a job (a student's teacher checkpoint included)."""
     ckpt = store.dir(job.teacher) / "checkpoints" / "last.ckpt" if job.teacher is not None else None
-    stage = "teacher" if job.stage == "teacher" else "student"
-    return recipe.command(stage, store.dir(job), job.seed, list(job.args), teacher_checkpoint=ckpt, resume=resume)
+    return recipe.command(job.stage, store.dir(job), job.seed, list(job.args), teacher_checkpoint=ckpt, resume=resume)
 
 
 def expected_identity(job: Job, recipe: Recipe, store: RunStore) -> dict:
@@ -124,6 +120,15 @@ def check_jobs(jobs: list[Job], recipe: Recipe, store: RunStore) -> None:
         expected_identity(job, recipe, store)
 
 
+def _kept(job: Job, store: RunStore, expected: dict, by: str = "") -> bool:
+    """Whether the run is complete: then it is kept (its recipe checked), not re-run."""
+    if store.state(job) != RunState.COMPLETE:
+        return False
+    store.check_recipe(job, expected, "kept")
+    say(f"[run] {job.key}: complete{by}, not re-run")
+    return True
+
+
 def run_job(job: Job, recipe: Recipe, store: RunStore, dry_run: bool = False, threads: Optional[int] = None,
             wait: bool = True, gpus: Optional[list[str]] = None, launcher: Launch = launch,
             environ: Optional[dict[str, str]] = None) -> str:
@@ -132,11 +137,8 @@ def run_job(job: Job, recipe: Recipe, store: RunStore, dry_run: bool = False, th
     KeyboardInterrupt is raised when the run was interrupted."""
     tag, run_dir = f"[run] {job.key}", store.dir(job)
     expected = expected_identity(job, recipe, store)
-    state = store.state(job)
-    if state == RunState.COMPLETE:
-        store.check_recipe(job, expected, "kept")
-        say(f"{tag}: complete, not re-run")
-        return state.value
+    if _kept(job, store, expected):
+        return RunState.COMPLETE.value
     teacher_state = store.state(job.teacher) if job.teacher is not None else RunState.COMPLETE
     if dry_run:
         after = "" if teacher_state == RunState.COMPLETE else " once its teacher is complete"
@@ -144,7 +146,7 @@ def run_job(job: Job, recipe: Recipe, store: RunStore, dry_run: bool = False, th
         say(f"{tag}: {'resuming' if resume else 'starting'}{after}\n  "
             + shlex.join(job_command(job, recipe, store, resume)[1:])
             + "".join(f"\n  {key}={value} (from {source})" for key, value, source in job.settings))
-        return state.value
+        return store.state(job).value
     if teacher_state != RunState.COMPLETE:
         message = f"its teacher ({store.dir(job.teacher)}) is {teacher_state}, not complete"
         say(f"{tag}: not started: {message}")
@@ -153,6 +155,9 @@ def run_job(job: Job, recipe: Recipe, store: RunStore, dry_run: bool = False, th
     try:
         with run_lock(run_dir, wait=wait, on_wait=lambda owner: say(
                 f"{tag}: being trained by {owner}; waiting for it (its lock is {run_dir / LOCK_FILE})")) as lock_fd:
+            # Read again under the lock: another process may have finished the run while this one waited for it.
+            if _kept(job, store, expected, " (trained by another process)"):
+                return RunState.COMPLETE.value
             return _train(job, recipe, store, expected, lock_fd, child_env(job, threads, run_dir, gpus, environ),
                           launcher, gpus)
     except RunBusy as busy:
@@ -162,14 +167,9 @@ def run_job(job: Job, recipe: Recipe, store: RunStore, dry_run: bool = False, th
 
 def _train(job: Job, recipe: Recipe, store: RunStore, expected: dict, lock_fd: Optional[int], env: dict[str, str],
            launcher: Launch, gpus: Optional[list[str]]) -> str:
-    """run_job under the run's lock: read the state again (another process may have finished the run meanwhile)."""
+    """run_job under the run's lock: start, restart or resume the run and read its final state."""
     tag, run_dir, started = f"[run] {job.key}", store.dir(job), time.time()
-    state = store.state(job)
-    if state == RunState.COMPLETE:
-        store.check_recipe(job, expected, "kept")
-        say(f"{tag}: complete (trained by another process), not re-run")
-        return state.value
-    resume = store.resumable(job)
+    state, resume = store.state(job), store.resumable(job)
     if resume:
         store.check_recipe(job, expected, "resumed")
     command = job_command(job, recipe, store, resume)
@@ -198,9 +198,11 @@ def run_jobs(jobs: list[Job], recipe: Recipe, store: RunStore, parallel: int = 1
     """Run `jobs`, `parallel` at a time, each with its own GPU set (gpu_slots) and an equal share of the cores, a
     student once its teacher has a final state; returns {job key: final state}. Every job is resolved first, so a
     bad value stops everything before the first run. A run another process trains (BUSY) goes back to the end of
-    the queue and is waited for once nothing else is training."""
+    the queue and is waited for once nothing else is training. A dry run says each run in turn."""
     slots = gpu_slots(parallel, recipe.devices, visible_gpus() if gpus is None else list(gpus))
     check_jobs(jobs, recipe, store)
+    if dry_run:
+        return {job.key: run_job(job, recipe, store, dry_run=True) for job in jobs}
     threads = max(1, usable_cpus() // parallel) if parallel > 1 else None
     keys = {job.key for job in jobs}
     states: dict[str, str] = {}
@@ -211,16 +213,12 @@ def run_jobs(jobs: list[Job], recipe: Recipe, store: RunStore, parallel: int = 1
         teacher_done = job.teacher is None or job.teacher.key not in keys or job.teacher.key in states
         return teacher_done and not (job.key in busy and running)
 
-    with ThreadPoolExecutor(max_workers=1 if dry_run else parallel) as pool:
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
         while queue or running:
-            # A dry run says one run at a time, in order.
-            while slots and not (dry_run and running):
-                job = next((j for j in queue if startable(j)), None)
-                if job is None:
-                    break
+            while slots and (job := next((j for j in queue if startable(j)), None)) is not None:
                 queue.remove(job)
                 slot = slots.pop(0)
-                running[pool.submit(run_job, job, recipe, store, dry_run, threads, job.key in busy, slot,
+                running[pool.submit(run_job, job, recipe, store, False, threads, job.key in busy, slot,
                                     launcher)] = (job, slot)
             if not running:
                 break

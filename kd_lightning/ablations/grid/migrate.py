@@ -8,18 +8,9 @@ from pathlib import Path
 from kd_lightning.ablations.grid.identity import differences, identity
 from kd_lightning.ablations.grid.local import expected_identity, job_command, say
 from kd_lightning.ablations.grid.recipe import Recipe
-from kd_lightning.ablations.grid.runs import Job, alone_job, grid_jobs, unique
+from kd_lightning.ablations.grid.runs import alone_job, grid_jobs, unique
 from kd_lightning.ablations.grid.spec import MARGIN_SPACES, tables_of
-from kd_lightning.ablations.grid.store import ALONE, RECIPE_FILE, TEACHER, RunStore, read_json, seed_folders
-
-
-def legacy_dir(old: Path, job: Job) -> Path:
-    """Where the old layout kept `job`: <data>/<teacher name>/seed<k>/teacher, .../student (KD) or
-    .../student-<row>, and <data>/alone/seed<k>/student."""
-    if job.teacher is None and job.stage != TEACHER:
-        return old / job.data / ALONE / f"seed{job.seed}" / "student"
-    stage = TEACHER if job.stage == TEACHER else ("student" if not job.args else f"student-{job.name}")
-    return old / job.data / (job.teacher or job).name / f"seed{job.seed}" / stage
+from kd_lightning.ablations.grid.store import RECIPE_FILE, RunStore, legacy_dir, read_json, seed_folders
 
 
 def migrate(old: Path, recipe: Recipe, store: RunStore, ablations: Path) -> int:
@@ -29,20 +20,16 @@ def migrate(old: Path, recipe: Recipe, store: RunStore, ablations: Path) -> int:
     moved, kept = 0, []
     for seed in sorted(seed_folders(old, recipe.data)):
         for job in unique(grid_jobs(recipe, tables, seed) + [alone_job(recipe, seed)]):
-            source = legacy_dir(old, job)
-            if not source.is_dir() or source.resolve() == store.dir(job).resolve():
+            source, target = legacy_dir(old, job), store.dir(job)
+            if not source.is_dir() or source.resolve() == target.resolve():
                 continue
             recorded = (read_json(source / RECIPE_FILE) or {}).get("identity")
             if recorded is None and (source / "config.yaml").is_file():  # recipe.json before it held the identity:
                 recorded = identity(["--config", str(source / "config.yaml")], str(source))  # the run's own dump
             expected = expected_identity(job, recipe, store)
             diff = differences(expected, recorded or {})
-            if diff:
-                kept.append(f"{source}: {'; '.join(diff[:3])}")
-                continue
-            target = store.dir(job)
-            if target.exists():
-                kept.append(f"{source}: {target} exists already")
+            if diff or target.exists():
+                kept.append(f"{source}: " + ("; ".join(diff[:3]) if diff else f"{target} exists already"))
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(source), str(target))

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 from kd_lightning.ablations.grid.local import check_jobs, run_job, say
 from kd_lightning.ablations.grid.recipe import Recipe
@@ -29,27 +29,28 @@ QUEUED = {**dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD",
           **dict.fromkeys(("RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"), "running")}
 
 
+def _setting(default: object, help: str) -> Any:
+    """A SlurmSettings field; `help` is its `--slurm_<name>` option's."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class SlurmSettings:
-    """make's SLURM_* variables (docs/cluster.md §2); `extra` is raw long sbatch options, `signal_delay_s` how long
-    before the limit the job is told to stop (SIGTERM)."""
+    """make's SLURM_* variables (docs/cluster.md §2), each a `run` option `--slurm_<name>` (add_launcher_options)."""
 
-    partition: str = ""
-    time: int = 240
-    gpus: int = 0
-    cpus: int = 1
-    extra: str = ""
-    signal_delay_s: int = 120
+    partition: str = _setting("", "sbatch --partition (default: the cluster's)")
+    time: int = _setting(240, "time limit per job, minutes")
+    gpus: int = _setting(0, "GPUs per job (--gpus-per-node)")
+    cpus: int = _setting(1, "--cpus-per-task (= the run's threads)")
+    extra: str = _setting("", "raw extra sbatch options, e.g. '--qos=high --account=lab'")
+    signal_delay_s: int = _setting(120, "seconds before the time limit the job gets SIGTERM (it checkpoints and stops)")
     #: Off the synthetic proxy (a real data set): one GPU and 8 data-loading CPUs per job unless SLURM_* say so.
-    GPUS_OFF_PROXY: ClassVar[int] = 1
-    CPUS_OFF_PROXY: ClassVar[int] = 8
+    OFF_PROXY: ClassVar[dict[str, int]] = {"gpus": 1, "cpus": 8}
 
     def __post_init__(self) -> None:
-        for name in ("time", "cpus"):
-            if getattr(self, name) < 1:
-                raise UserValueError(f"SLURM_{name.upper()} must be >= 1, got {getattr(self, name)}")
-        if self.gpus < 0:
-            raise UserValueError(f"SLURM_GPUS must be >= 0, got {self.gpus}")
+        for name, least in (("time", 1), ("cpus", 1), ("gpus", 0)):
+            if getattr(self, name) < least:
+                raise UserValueError(f"SLURM_{name.upper()} must be >= {least}, got {getattr(self, name)}")
 
     @property
     def lead_s(self) -> int:
@@ -73,8 +74,33 @@ class SlurmSettings:
         return out
 
 
+def _option(name: str) -> str:
+    return "slurm_" + name.removesuffix("_s")
+
+
+def add_launcher_options(parser) -> None:
+    """make's LAUNCHER, SLURM_* and WAIT variables."""
+    parser.add_argument("--launcher", default="local", choices=("local", "slurm"),
+                        help="local: train here, --jobs at a time; slurm: submit every run as a Slurm job")
+    for f in fields(SlurmSettings):
+        off = SlurmSettings.OFF_PROXY.get(f.name)  # then unset (None) by default: settings_of picks it
+        more = "" if off is None else f"; default {f.default} on the synthetic proxy, {off} elsewhere"
+        parser.add_argument(f"--{_option(f.name)}", type=type(f.default), default=f.default if off is None else None,
+                            help=f.metadata["help"] + more)
+    parser.add_argument("--wait", action="store_true", help="slurm: wait for the grid's jobs, then build the tables")
+
+
+def settings_of(ns, proxy: bool) -> SlurmSettings:
+    """make's SLURM_* variables; GPUs and CPUs unset: the dataclass's on the proxy, OFF_PROXY elsewhere."""
+    given = {f.name: getattr(ns, _option(f.name)) for f in fields(SlurmSettings)}
+    return SlurmSettings(**{**({} if proxy else SlurmSettings.OFF_PROXY),
+                            **{k: v for k, v in given.items() if v is not None}})
+
+
 def slurm_job(job: Job, recipe: Recipe, runs: Path) -> str:
-    """What a Slurm job runs (submitit pickles the call into the run's slurm/ folder): `run_job` on one run."""
+    """What a Slurm job runs (submitit pickles the call into the run's slurm/ folder): `run_job` on one run. At its
+    time limit (the job still RUNNING) it puts itself back in the queue to resume the run, or fails the run when its
+    last MAX_STALLS starts made no new epoch."""
     # Threads follow --cpus-per-task (Slurm exports it to the job). The fit is a plain local run inside its
     # allocation, as on one machine: its environment has no SLURM_* variables, or Lightning would take
     # SLURM_NTASKS (1) as the world size of a DEVICES=N DDP run and arm its own SIGUSR1 requeue.
@@ -85,13 +111,8 @@ def slurm_job(job: Job, recipe: Recipe, runs: Path) -> str:
     try:
         return run_job(job, recipe, store, threads=threads, wait=True, environ=environ)
     except KeyboardInterrupt:  # SIGTERM (the time limit, scancel, a preemption): results.json says "interrupted"
-        return _requeue(job, store, before)
-
-
-def _requeue(job: Job, store: RunStore, before: int) -> str:
-    """At its time limit (the job still RUNNING): put this job back in the queue to resume the run, or fail it when
-    its last MAX_STALLS starts made no new epoch."""
-    job_id, done = os.environ.get("SLURM_JOB_ID", ""), (store.results(job) or {}).get("epochs") or 0
+        done = (store.results(job) or {}).get("epochs") or 0
+    job_id = os.environ.get("SLURM_JOB_ID", "")
     state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
     if state.strip() != "RUNNING":  # cancelled, or requeued from outside (a preemption): not this job's to requeue
         return "interrupted"
@@ -125,8 +146,7 @@ def queue() -> dict[str, str]:
 def run_status(job: Job, store: RunStore, queued: dict[str, str]) -> tuple[str, str]:
     """(state, detail) of a run: complete | pending | running | requeued (n) (detail: job id) | failed | interrupted
     (detail: the log to read) | missing."""
-    run_dir = store.dir(job)
-    state = store.state(job).value
+    run_dir, state = store.dir(job), store.state(job).value
     if state == "complete":
         return "complete", ""
     record = read_json(run_dir / SLURM_FILE) or {}
@@ -151,8 +171,7 @@ def submit_grid(jobs: list[Job], recipe: Recipe, store: RunStore, settings: Slur
 
     check_jobs(jobs, recipe, store)  # a bad row stops the grid before anything is submitted
     queued = queue()
-    ids: dict[str, str] = {}  # job key -> the queued/submitted job its students wait for
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[str, tuple[str, str]] = {}  # its job ids are what the students wait for
     for job in sorted(jobs, key=lambda j: j.stage != "teacher"):  # teachers first: students need their ids
         state, _ = run_status(job, store, queued)
         run_dir = store.dir(job)
@@ -161,28 +180,25 @@ def submit_grid(jobs: list[Job], recipe: Recipe, store: RunStore, settings: Slur
             out[job.key] = ("complete", "")
             say(f"[slurm] {job.key}: complete, not submitted")
         elif job_id in queued:  # pending, running or requeued: its job will train it
-            ids[job.key] = job_id
             out[job.key] = (queued[job_id], job_id)
             say(f"[slurm] {job.key}: {queued[job_id]} (job {job_id}), not submitted again")
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
-            dependency = ids.get(job.teacher.key) if job.teacher is not None else None
-            extra: dict[str, object] = {"signal": f"TERM@{settings.lead_s}", "requeue": True}
-            if dependency:
-                extra["dependency"] = f"afterany:{dependency}"
+            after = out[job.teacher.key][1] if job.teacher is not None and job.teacher.key in out else ""
             executor = submitit.SlurmExecutor(folder=str(run_dir / SUBMITIT_DIR / "%j"), max_num_timeout=0)
-            executor.update_parameters(job_name=job.key, time=settings.time, cpus_per_task=settings.cpus,
-                                       ntasks_per_node=1, nodes=1, signal_delay_s=settings.lead_s,
-                                       additional_parameters={**extra, **settings.extra_parameters()},
-                                       **({"partition": settings.partition} if settings.partition else {}),
-                                       **({"gpus_per_node": settings.gpus} if settings.gpus else {}))
+            executor.update_parameters(
+                job_name=job.key, time=settings.time, cpus_per_task=settings.cpus, ntasks_per_node=1, nodes=1,
+                additional_parameters={"signal": f"TERM@{settings.lead_s}", "requeue": True,
+                                       **({"dependency": f"afterany:{after}"} if after else {}),
+                                       **settings.extra_parameters()},
+                **({"partition": settings.partition} if settings.partition else {}),
+                **({"gpus_per_node": settings.gpus} if settings.gpus else {}))
             submitted = executor.submit(slurm_job, job, recipe, store.root)
-            ids[job.key] = submitted.job_id
             atomic_write_json(run_dir / SLURM_FILE, {"job_id": submitted.job_id, "submitted": time.time(),
-                                                     "after": dependency, "log": str(submitted.paths.stdout)})
+                                                     "after": after or None, "log": str(submitted.paths.stdout)})
             out[job.key] = ("submitted", submitted.job_id)
             say(f"[slurm] {job.key}: submitted job {submitted.job_id}"
-                + (f" (after job {dependency})" if dependency else "") + f" ({state} before)")
+                + (f" (after job {after})" if after else "") + f" ({state} before)")
     return out
 
 
@@ -225,32 +241,6 @@ def print_status(jobs: list[Job], store: RunStore) -> dict[str, str]:
     return states
 
 
-def add_launcher_options(parser) -> None:
-    """`run`'s launcher options (make's LAUNCHER, SLURM_* and WAIT variables)."""
-    parser.add_argument("--launcher", default="local", choices=("local", "slurm"),
-                        help="local: train here, --jobs at a time; slurm: submit every run as a Slurm job")
-    parser.add_argument("--slurm_partition", default="", help="sbatch --partition (default: the cluster's)")
-    parser.add_argument("--slurm_time", type=int, default=SlurmSettings.time, help="time limit per job, minutes")
-    parser.add_argument("--slurm_gpus", type=int, help=f"GPUs per job (--gpus-per-node; default {SlurmSettings.gpus} "
-                        f"on the synthetic proxy, {SlurmSettings.GPUS_OFF_PROXY} elsewhere)")
-    parser.add_argument("--slurm_cpus", type=int, help=f"--cpus-per-task (= the run's threads; default "
-                        f"{SlurmSettings.cpus} on the synthetic proxy, {SlurmSettings.CPUS_OFF_PROXY} elsewhere)")
-    parser.add_argument("--slurm_extra", default="", help="raw extra sbatch options, e.g. '--qos=high --account=lab'")
-    parser.add_argument("--slurm_signal_delay", type=int, default=SlurmSettings.signal_delay_s,
-                        help="seconds before the time limit the job gets SIGTERM (it checkpoints and stops)")
-    parser.add_argument("--wait", action="store_true", help="slurm: wait for the grid's jobs, then build the tables")
-
-
-def settings_of(ns, proxy: bool) -> SlurmSettings:
-    """make's SLURM_* variables; GPUs and CPUs unset: the dataclass's on the proxy, *_OFF_PROXY elsewhere."""
-    gpus, cpus = (SlurmSettings.gpus, SlurmSettings.cpus) if proxy else (SlurmSettings.GPUS_OFF_PROXY,
-                                                                         SlurmSettings.CPUS_OFF_PROXY)
-    return SlurmSettings(partition=ns.slurm_partition or "", time=ns.slurm_time,
-                         gpus=gpus if ns.slurm_gpus is None else ns.slurm_gpus,
-                         cpus=cpus if ns.slurm_cpus is None else ns.slurm_cpus,
-                         extra=ns.slurm_extra or "", signal_delay_s=ns.slurm_signal_delay)
-
-
 def run_grid(jobs_by_seed: dict[int, list[Job]], recipe: Recipe, store: RunStore, settings: SlurmSettings,
              wait: bool, dry_run: bool = False) -> bool:
     """Submit every seed's runs at once (dry_run: say what would be submitted); with `wait`, block until they left
@@ -265,9 +255,8 @@ def run_grid(jobs_by_seed: dict[int, list[Job]], recipe: Recipe, store: RunStore
     by_id: dict[str, Job] = {}
     for seed, jobs in jobs_by_seed.items():
         say(f"[slurm] seed {seed}: {len(jobs)} runs")
-        keys = {job.key: job for job in jobs}
-        by_id.update({job_id: keys[key] for key, (what, job_id) in submit_grid(jobs, recipe, store, settings).items()
-                      if what != "complete"})
+        submitted = submit_grid(jobs, recipe, store, settings)
+        by_id.update({submitted[job.key][1]: job for job in jobs if submitted[job.key][0] != "complete"})
     if not wait:
         say(f"[slurm] {len(by_id)} jobs queued; `make tables-status` (same variables) says how they are doing; "
             "rerun this command to resubmit what failed, or `make table-build` once they are done")

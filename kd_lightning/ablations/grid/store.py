@@ -70,23 +70,18 @@ class RunStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
 
-    def _find(self, folder: Path, pattern: str) -> Optional[Path]:
-        """The one entry of `folder` whose name ends in the hash (`pattern`), if any: a run filed under an old name."""
-        found = sorted(folder.glob(pattern)) if folder.is_dir() else []
-        return found[0] if found else None
-
     def dir(self, job: "Job") -> Path:
         path = self.root / relative_dir(job)
         if path.exists():
             return path
+        # Not there by its readable names: a run (or its teacher's folder) filed under an old name, found by its hash.
         seed_dir = self.root / _seed_dir(job)
         if not seed_dir.is_dir() and (job.teacher is not None or job.stage == TEACHER):
-            digest = (job.teacher or job).digest
-            top = self._find(self.root / job.data, f"*-{digest}")
+            top = min((self.root / job.data).glob(f"*-{(job.teacher or job).digest}"), default=None)
             seed_dir = top / seed_dir.name if top is not None else seed_dir
         if job.stage == TEACHER:
             return seed_dir / TEACHER
-        return self._find(seed_dir, f"*-{job.digest}") or seed_dir / path.name
+        return min(seed_dir.glob(f"*-{job.digest}"), default=seed_dir / path.name)
 
     def results(self, job: "Job") -> Optional[dict]:
         return read_json(self.dir(job) / RESULTS_FILE)
@@ -99,7 +94,9 @@ class RunStore:
 
     def seeds(self, job: "Job") -> set[int]:
         """The seeds with a results.json of the run `job` names (any seed)."""
-        return {k for k in seed_folders(self.root, job.data) if (self.dir(_with_seed(job, k)) / RESULTS_FILE).is_file()}
+        jobs = (replace(job, seed=k, teacher=job.teacher and replace(job.teacher, seed=k))
+                for k in seed_folders(self.root, job.data))
+        return {j.seed for j in jobs if (self.dir(j) / RESULTS_FILE).is_file()}
 
     def record_failure(self, job: "Job", message: str) -> None:
         """Make results.json say "failed" (keeping what the run wrote, and the error of a run that failed by itself;
@@ -123,21 +120,23 @@ class RunStore:
 
         run_dir = self.dir(job)
         recorded = read_json(run_dir / RECIPE_FILE)
-        if recorded is None:
-            return
-        diff = differences(expected, recorded.get("identity") or {})
+        diff = differences(expected, recorded.get("identity") or {}) if recorded is not None else []
         if diff:
             shown = "; ".join(diff[:6]) + ("; ..." if len(diff) > 6 else "")
             raise StaleRunError(f"{run_dir} was trained with other settings than this recipe asks for ({shown}), so "
                                 f"it cannot be {action}. Delete {run_dir} to train it again.")
 
 
-def _with_seed(job: "Job", seed: int) -> "Job":
-    teacher = replace(job.teacher, seed=seed) if job.teacher is not None else None
-    return replace(job, seed=seed, teacher=teacher)
-
-
 def seed_folders(root: Path, data: str) -> set[int]:
     """Every k of <root>/<data>/<run>/seed<k>/ (seeds-needed's default seeds)."""
     found = (re.fullmatch(r"seed(\d+)", p.name) for p in (Path(root) / data).glob("*/seed*") if p.is_dir())
     return {int(m.group(1)) for m in found if m}
+
+
+def legacy_dir(old: Path, job: "Job") -> Path:
+    """Where the layout before the store kept `job` (`migrate`): <data>/<teacher name>/seed<k>/teacher,
+    .../student (KD) or .../student-<row>, and <data>/alone/seed<k>/student."""
+    if job.teacher is None and job.stage != TEACHER:
+        return old / job.data / ALONE / f"seed{job.seed}" / "student"
+    stage = TEACHER if job.stage == TEACHER else ("student" if not job.args else f"student-{job.name}")
+    return old / job.data / (job.teacher or job).name / f"seed{job.seed}" / stage
