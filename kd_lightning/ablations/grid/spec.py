@@ -59,12 +59,11 @@ class Table:
 
     @property
     def heading(self) -> str:
-        spaces = {"prob": "probability space", "logit": "logit space"}
-        return self.title + (f", {spaces[self.space]}" if self.margin_space else "")
+        space = {"prob": "probability", "logit": "logit"}[self.space]
+        return self.title + (f", {space} space" if self.margin_space else "")
 
 
 def _read_manifest(path: Path):
-    """The manifest's namespace: title, teachers (RowSpec fields), students, margin_space."""
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False)
@@ -97,15 +96,15 @@ def load_table(name: str, space: str = "prob", root: Path | str = ABLATIONS) -> 
         raise UserValueError(f"MARGIN_SPACE must be one of {', '.join(MARGIN_SPACES)}, got {space!r}")
     manifest = _read_manifest(path)
     names = [t.name for t in manifest.teachers]
-    files = {p.stem for p in folder.glob("*.yaml") if p.name != MANIFEST}
-    if sorted(files - set(names)) or len(set(names)) != len(names):
+    unlisted = sorted({p.stem for p in folder.glob("*.yaml") if p.name != MANIFEST} - set(names))
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if unlisted or twice:
         raise RowError(f"{path}: every row file must be listed once as a teacher row; unlisted: "
-                       f"{', '.join(sorted(files - set(names))) or '-'}; listed twice: "
-                       f"{', '.join(sorted({n for n in names if names.count(n) > 1})) or '-'}")
+                       f"{', '.join(unlisted) or '-'}; listed twice: {', '.join(twice) or '-'}")
     teachers = []
     for spec in manifest.teachers:
         own = folder / f"{spec.name}.yaml"
-        args = (["--config", rel(own)] if own.is_file() else []) + list(spec.args)
+        args = (["--config", rel(own)] if own.is_file() else []) + spec.args
         teachers.append(Row(spec.name, spec.label, tuple(args), tuple(spec.proxy)))
     cards = {card.name: card for card in method_cards()}
     students = list(cards) if manifest.students == "all" else manifest.students
@@ -127,11 +126,10 @@ def table_names(root: Path | str = ABLATIONS) -> list[str]:
 def tables_of(names: list[str], space: str = "prob", root: Path | str = ABLATIONS) -> list[Table]:
     """`names` (or ["all"]) as tables; an unknown name is one error listing the tables."""
     known = table_names(root)
-    names = known if names == ["all"] else names
-    for name in names:
-        if name not in known:
-            raise UserValueError(f"unknown table {name!r}; the tables are {', '.join(known)} (or all)")
-    return [load_table(name, space, root) for name in names]
+    unknown = [n for n in names if n not in known and names != ["all"]]
+    if unknown:
+        raise UserValueError(f"unknown table {unknown[0]!r}; the tables are {', '.join(known)} (or all)")
+    return [load_table(name, space, root) for name in (known if names == ["all"] else names)]
 
 
 def table_of_id(tid: str, root: Path | str = ABLATIONS) -> Table:
