@@ -24,21 +24,17 @@ def fit_parser() -> Any:
     """The CLI's own parser (KDLightningCLI's, with its links and defaults), built once per process."""
     from kd_lightning.cli import KDLightningCLI
 
-    holder: dict[str, Any] = {}
-
     class _ParserOnly(KDLightningCLI):
         def parse_arguments(self, parser: Any, args: Any) -> None:
-            holder["parser"] = parser
-            raise _ParserBuilt  # stop before parsing sys.argv and instantiating anything
+            raise _ParserBuilt(parser)  # stop before parsing sys.argv and instantiating anything
 
     try:
         _ParserOnly(args=[])
-    except _ParserBuilt:
-        pass
-    parser = holder["parser"]
-    parser.exit_on_error = False  # raise ArgumentError instead of printing the usage and exiting
-    for sub in parser._subcommands_action._name_parser_map.values():
-        sub.exit_on_error = False
+    except _ParserBuilt as built:
+        parser = built.args[0]
+    # Raise ArgumentError instead of printing the usage and exiting.
+    for each in (parser, *parser._subcommands_action._name_parser_map.values()):
+        each.exit_on_error = False
     return parser
 
 
