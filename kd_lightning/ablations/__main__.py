@@ -14,6 +14,7 @@ from typing import Optional
 
 from kd_lightning.ablations.grid import slurm
 from kd_lightning.ablations.grid.local import gpu_slots, run_jobs, visible_gpus
+from kd_lightning.ablations.grid.migrate import migrate
 from kd_lightning.ablations.grid.recipe import Recipe, add_recipe_options, recipe_of
 from kd_lightning.ablations.grid.runs import grid_jobs, unique
 from kd_lightning.ablations.grid.spec import MARGIN_SPACES, ROOT, Table, table_names, tables_of
@@ -138,8 +139,6 @@ def _run(ns: argparse.Namespace, extra: list[str]) -> int:
         return agent.run(ns, extra)
     recipe, store = recipe_of(ns), RunStore(ns.runs)
     if ns.command == "migrate":
-        from kd_lightning.ablations.grid.migrate import migrate
-
         return migrate(Path(ns.old), recipe, store, Path(ns.ablations))
     tables, out = tables_of(ns.tables, ns.margin_space, ns.ablations), Path(ns.out)
     if ns.command == "seeds-needed":

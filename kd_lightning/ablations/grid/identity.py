@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 from kd_lightning.exceptions import KDLightningError, RowError
 from kd_lightning.identity import canonical, defaults_of, run_identity
+from kd_lightning.utils.config_files import check_config_files
 
 #: Arguments stripped before parsing (their keys are VOLATILE), so that runs differing only in them share a parse.
 _VOLATILE_ARGS = ("--trainer.default_root_dir", "--model.teacher_checkpoint", "--ckpt_path", "--print_config",
@@ -64,8 +65,6 @@ def summary(message: str) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _parse(args: tuple[str, ...]) -> Any:
-    from kd_lightning.utils.config_files import check_config_files
-
     check_config_files(list(args))  # a file that is not YAML: named with its line (ConfigFileError)
     return fit_parser().parse_args(["fit", *args]).fit
 

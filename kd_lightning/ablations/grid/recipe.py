@@ -99,7 +99,6 @@ class Recipe:
 
 
 def fit_args(command: list[str]) -> list[str]:
-    """The arguments after `fit` of a command from Recipe.command()."""
     return command[command.index("fit") + 1:]
 
 

@@ -12,6 +12,7 @@ from typing import Any, Optional
 from kd_lightning.ablations.grid.identity import identity, seedless_identity
 from kd_lightning.ablations.grid.recipe import Recipe, fit_args
 from kd_lightning.ablations.grid.spec import ROOT, Row, Table, rel
+from kd_lightning.ablations.grid.store import relative_dir
 from kd_lightning.identity import digest
 
 PAPER = "paper"
@@ -20,6 +21,7 @@ INIT = "model.init_args."  # the teacher's own arguments: named and given withou
 OBJECTIVE = INIT + "objective.class_path"
 WEIGHT = INIT + "contrastive_weight"
 NO_CONTRASTIVE = "kd_lightning.objectives.NoContrastive"
+_PACKAGE = re.compile(r"^kd_lightning\.(.*\.)?")  # a class of the package is named by its name
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -60,26 +62,20 @@ def teacher_run(recipe: Recipe, row_args: list[str], margin_space: str = "prob",
     files = [b for a, b in zip(row_args, row_args[1:]) if a == "--config"]
     source = source or ", ".join(files) or (f"arguments {' '.join(row_args)}" if row_args else "the recipe")
     base = config([], "the recipe's teacher config")
-    merged = config([f"--model.gate_space={margin_space}"] * (margin_space != "prob") + list(row_args), source)
+    space = [f"--model.gate_space={margin_space}"] if margin_space != "prob" else []
+    merged = config(space + list(row_args), source)
     # The keys outside model.init_args first, then the teacher's own, each sorted: the order of the run's name.
     changes = sorted(((k, v) for k, v in merged.items() if base.get(k, object()) != v),
                      key=lambda change: (change[0].startswith(INIT), change[0]))
-    prefix = ""
-    if not merged.get(WEIGHT) or merged.get(OBJECTIVE) == NO_CONTRASTIVE:
+    plain = not merged.get(WEIGHT) or merged.get(OBJECTIVE) == NO_CONTRASTIVE
+    if plain:
         ignored = {"contrastive_weight", *getattr(pydoc.locate(merged["model.class_path"]), "CONTRASTIVE_ONLY", ())}
         changes = [(k, v) for k, v in changes if not (k.startswith(INIT) and k[len(INIT):].split(".")[0] in ignored)]
-        prefix = PLAIN_CE
-
-    def short(value: Any) -> str:  # a class of the package by its name
-        if value is None:
-            return "null"
-        return value.rsplit(".", 1)[1] if isinstance(value, str) and value.startswith("kd_lightning.") else str(value)
-
-    parts = [prefix] * bool(prefix) + [f"{k.removeprefix(INIT).replace('.class_path', '')}={short(v)}"
-                                       for k, v in changes]
+    parts = [PLAIN_CE] if plain else []
+    parts += [f"{k.removeprefix(INIT).replace('.class_path', '')}={'null' if v is None else _PACKAGE.sub('', str(v))}"
+              for k, v in changes]
     name = re.sub(r"[^A-Za-z0-9_.=+-]", "", "+".join(parts)) or PAPER
-    plain = ((OBJECTIVE, NO_CONTRASTIVE), (WEIGHT, 0.0)) if prefix else ()
-    return TeacherRun(name, plain + tuple(changes))
+    return TeacherRun(name, (((OBJECTIVE, NO_CONTRASTIVE), (WEIGHT, 0.0)) if plain else ()) + tuple(changes))
 
 
 @dataclass(frozen=True)
@@ -96,10 +92,7 @@ class Job:
     settings: tuple[tuple[str, str, str], ...] = ()  # its pair settings: (dotted key, value, where it comes from)
 
     @property
-    def key(self) -> str:
-        """The run's place in the store, relative to RUNS (store.py owns the layout)."""
-        from kd_lightning.ablations.grid.store import relative_dir
-
+    def key(self) -> str:  # the run's place in the store, relative to RUNS (store.py owns the layout)
         return str(relative_dir(self))
 
 
@@ -149,9 +142,7 @@ def grid_jobs(recipe: Recipe, tables: list[Table], seed: int) -> list[Job]:
 def unique(jobs: list[Job]) -> list[Job]:
     """The jobs in order, each once (a run that several tables name is trained once)."""
     seen: dict[str, Job] = {}
-    for job in jobs:
-        seen.setdefault(job.key, job)
-    return list(seen.values())
+    return [seen.setdefault(job.key, job) for job in jobs if job.key not in seen]
 
 
 def alone_job(recipe: Recipe, seed: int) -> Job:

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
+from jsonargparse import ArgumentParser
+
+from kd_lightning.ablations.grid.identity import summary
 from kd_lightning.exceptions import RowError, UserValueError
 
 # configs/ lives at $KD_LIGHTNING_ROOT, else in the checkout holding this package (an editable install), else in the
@@ -64,8 +67,6 @@ class Table:
 
 
 def _read_manifest(path: Path):
-    from jsonargparse import ArgumentParser
-
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--title", type=str, required=True)
     parser.add_argument("--teachers", type=list[RowSpec], required=True)
@@ -74,14 +75,11 @@ def _read_manifest(path: Path):
     try:
         return parser.parse_path(str(path))
     except Exception as err:  # jsonargparse reports schema errors as ArgumentError, a bad YAML file as others
-        from kd_lightning.ablations.grid.identity import summary
-
         raise RowError(f"{path}: {summary(str(err))}; a manifest has `title:`, `teachers:` (each `name:`, `label:`, "
                        "optional `args:` and `proxy:`), `students:` and optional `margin_space:`") from None
 
 
 def card_row(card) -> Row:
-    """A method card as a student row: its overlay file, then on the proxy its proxy arguments."""
     return Row(card.name, card.label, ("--config", card.overlay) if card.overlay else (), tuple(card.proxy_args), card)
 
 
@@ -124,7 +122,6 @@ def table_names(root: Path | str = ABLATIONS) -> list[str]:
 
 
 def tables_of(names: list[str], space: str = "prob", root: Path | str = ABLATIONS) -> list[Table]:
-    """`names` (or ["all"]) as tables; an unknown name is one error listing the tables."""
     known = table_names(root)
     unknown = [n for n in names if n not in known and names != ["all"]]
     if unknown:

@@ -11,12 +11,16 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+from jsonargparse import get_loader
+
 from kd_lightning.ablations.grid.local import job_command, run_job
 from kd_lightning.ablations.grid.recipe import Recipe, recipe_of
 from kd_lightning.ablations.grid.runs import Job, student_job, table_teachers, teacher_job, teacher_run
 from kd_lightning.ablations.grid.spec import ROOT, Row, Table, load_table, table_names
 from kd_lightning.ablations.grid.store import RunState, RunStore
 from kd_lightning.exceptions import RowError, UserValueError
+from kd_lightning.utils.atomic import atomic_write_text
 
 SWEEPS = ROOT / "configs" / "sweeps"
 PROJECT = "kd-lightning"
@@ -29,8 +33,6 @@ SUMMARY_METRICS = ("test/acc", "test/loss", "test/d_intra", "test/d_inter", "tes
 # --- rows -> sweep files ---------------------------------------------------------------------------------------------
 def model_overrides(row: Row) -> dict[str, Any]:
     """A teacher row's changes to `model.init_args`, as its row file writes them; `{class_path: X}` becomes X."""
-    from jsonargparse import get_loader
-
     out: dict[str, Any] = {}
     for path in (b for a, b in zip(row.args, row.args[1:]) if a == "--config"):
         overlay = get_loader("yaml")((ROOT / path).read_text()) or {}
@@ -47,8 +49,6 @@ def sweep_parameters(table: Table) -> dict[str, list[Any]]:
     """The swept parameters that walk a table's rows, {key: values in row order}: with several student rows
     `teacher` and `student` (the rows' names); else the one model key every teacher row changes, or
     `model.init_args` with each row's changes as a YAML mapping (Table A: δ, and λ = 0 for its plain-CE row)."""
-    import yaml
-
     if len(table.students) > 1:
         return {"teacher": [r.name for r in table.teachers], "student": [r.name for r in table.students]}
     overrides = [model_overrides(row) for row in table.teachers]
@@ -67,8 +67,6 @@ def sweep_parameters(table: Table) -> dict[str, list[Any]]:
 
 def sweep_text(table: Table, seeds: list[int], data: str = "synthetic", fixed: Optional[list[str]] = None) -> str:
     """The sweep file of one table; `fixed` are more of the program's own options (--pair=..., --epochs=...)."""
-    import yaml
-
     rows = table.students if len(table.students) > 1 else table.teachers
     header = [
         f"# W&B sweep of the {table.name} table: one agent run per row and seed (the teacher, then its student).",
@@ -130,7 +128,6 @@ def agent_jobs(table: Table, recipe: Recipe, extra: list[str], seed: int) -> tup
 
 
 def main(argv: list[str]) -> int:
-    """`python -m kd_lightning.ablations sweep ARGV` (its options: __main__.py's parser)."""
     from kd_lightning.ablations.__main__ import main
 
     return main(["sweep", *argv])
@@ -140,8 +137,6 @@ def run(ns: argparse.Namespace, extra: list[str]) -> int:
     """The `sweep` command: write the sweep files (--write), or train one agent's row and seed (`extra`: its swept
     values) inside one W&B run, which gets their numbers (student/test_acc is the sweep metric)."""
     if ns.write:
-        from kd_lightning.utils.atomic import atomic_write_text
-
         fixed = [f"--{name}={getattr(ns, name)}" for name in ("pair", "epochs", "devices", "args", "student_args")
                  if getattr(ns, name)]
         fixed += [f"--margin_space={ns.margin_space}"] if ns.margin_space != "prob" else []
