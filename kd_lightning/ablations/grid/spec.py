@@ -62,7 +62,7 @@ class Table:
 
     @property
     def heading(self) -> str:
-        space = {"prob": "probability", "logit": "logit"}[self.space]
+        space = "probability" if self.space == "prob" else self.space
         return self.title + (f", {space} space" if self.margin_space else "")
 
 

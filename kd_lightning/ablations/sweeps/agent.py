@@ -78,17 +78,12 @@ def sweep_text(table: Table, seeds: list[int], data: str = "synthetic", fixed: O
         "# --epochs=N --devices=N] --out=<folder> writes these sweeps with those arguments fixed before ${args}.",
         "# Rows: " + "; ".join(f"{r.name} = {r.label}" for r in rows),
     ]
-    config = {
-        "program": "kd_lightning/ablations/__main__.py",
-        "name": f"kd-lightning {table.name} table ({data})",
-        "project": PROJECT,
-        "method": "grid",
-        "metric": {"name": "student/test_acc", "goal": "maximize"},
-        "parameters": {"seed_everything": {"values": list(seeds)},
-                       **{k: {"values": v} for k, v in sweep_parameters(table).items()}},
-        "command": ["${env}", "${interpreter}", "-m", "kd_lightning.ablations", "sweep", f"--table={table.name}",
-                    f"--data={data}", *(fixed or []), "${args}"],
-    }
+    config = {"program": "kd_lightning/ablations/__main__.py", "name": f"kd-lightning {table.name} table ({data})",
+              "project": PROJECT, "method": "grid", "metric": {"name": "student/test_acc", "goal": "maximize"},
+              "parameters": {"seed_everything": {"values": list(seeds)},
+                             **{k: {"values": v} for k, v in sweep_parameters(table).items()}},
+              "command": ["${env}", "${interpreter}", "-m", "kd_lightning.ablations", "sweep", f"--table={table.name}",
+                          f"--data={data}", *(fixed or []), "${args}"]}
     return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=120)
 
 
