@@ -14,9 +14,10 @@ from typing import Optional
 
 from kd_lightning.ablations.grid import slurm
 from kd_lightning.ablations.grid.local import gpu_slots, run_jobs, visible_gpus
+from kd_lightning.ablations.grid.migrate import migrate
 from kd_lightning.ablations.grid.recipe import Recipe, add_recipe_options, recipe_of
-from kd_lightning.ablations.grid.runs import Job, grid_jobs, unique
-from kd_lightning.ablations.grid.spec import ROOT, Table, table_names, tables_of
+from kd_lightning.ablations.grid.runs import grid_jobs, unique
+from kd_lightning.ablations.grid.spec import MARGIN_SPACES, ROOT, Table, table_names, tables_of
 from kd_lightning.ablations.grid.store import RunStore
 from kd_lightning.ablations.report import seeds_needed
 from kd_lightning.ablations.report.tables import build
@@ -30,13 +31,13 @@ def found_seeds(table: Table, tables: list[Table], recipe: Recipe, store: RunSto
     """The seeds of the table's runs that have a results.json (of `seeds` if given). Tables share runs, so the seeds
     come from the runs no other table has where any exist: seeds 3-4 trained for Tables A-C are not seeds of a
     Table D trained with 0-2 (Table D's KD students and its teachers are Tables A-C's)."""
-    def seeds_of(jobs: list[Job]) -> set[int]:
-        found = set().union(*(store.seeds(job) for job in jobs)) if jobs else set()
-        return found if seeds is None else found & set(seeds)
-
     jobs = grid_jobs(recipe, [table], 0)
     others = {job.key for other in tables if other.name != table.name for job in grid_jobs(recipe, [other], 0)}
-    return sorted(seeds_of([job for job in jobs if job.key not in others]) or seeds_of(jobs))
+    for some in ([job for job in jobs if job.key not in others], jobs):
+        found = {seed for job in some for seed in store.seeds(job) if seeds is None or seed in seeds}
+        if found:
+            return sorted(found)
+    return []
 
 
 def build_found(tables: list[Table], recipe: Recipe, seeds: Optional[list[int]], store: RunStore, out: Path,
@@ -46,22 +47,20 @@ def build_found(tables: list[Table], recipe: Recipe, seeds: Optional[list[int]],
     every = tables_of(["all"], tables[0].space if tables else "prob")
     built = 0
     for table in tables:
-        table_seeds = found_seeds(table, every, recipe, store, seeds)
-        if not table_seeds:
+        found = found_seeds(table, every, recipe, store, seeds)
+        built += bool(found)
+        if not found:
             print(f"[ablations] skipped {table.id}: no runs under {store.root / recipe.data}"
                   + (f" for seeds {' '.join(map(str, seeds))}" if seeds else ""), flush=True)
-            continue
-        built += 1
-        if dry_run:
-            print(f"[ablations] would build {table.id} from seeds {' '.join(map(str, table_seeds))}: "
+        elif dry_run:
+            print(f"[ablations] would build {table.id} from seeds {' '.join(map(str, found))}: "
                   f"{out / table.id}.md, .csv, .png", flush=True)
-            continue
-        build(table, recipe, table_seeds, store, out, strict=False)
+        else:
+            build(table, recipe, found, store, out, strict=False)
     if not built:
         sys.stderr.write(f"ablations: no runs of {', '.join(t.id for t in tables)} under {store.root / recipe.data}; "
                          "nothing built\n")
-        return 1
-    return 0
+    return 0 if built else 1
 
 
 def build_all(tables: list[Table], recipe: Recipe, seeds: list[int], store: RunStore, out: Path) -> int:
@@ -77,41 +76,55 @@ def parser() -> argparse.ArgumentParser:
                        ("build", "build the tables from the runs there are (every seed found unless --seeds; a table "
                                   "with no run is skipped and named; exit 0 when one was built)"),
                        ("status", "print one line per run"),
-                       ("seeds-needed", "the seeds per row that detect --effect Δ (points) with 80%% power")):
-        sub = commands.add_parser(name, help=what)
-        sub.add_argument("tables", nargs="+" if name != "seeds-needed" else "*", default=["all"],
-                         help=" | ".join(table_names()) + " | all")
-        sub.add_argument("--seeds", type=int, nargs="+", default=[0] if name in ("run", "status") else None,
-                         help="run: the seeds to train (default 0); build: the seeds to build (default: every "
-                              "seed found under --runs)")
-        sub.add_argument("--margin_space", default="prob", help="prob | logit (tables that declare margin_space)")
-        sub.add_argument("--out", default=str(ROOT / "results"), help="folder of the built tables")
-        sub.add_argument("--dry-run", action="store_true", help="print what would run or be built, do nothing")
+                       ("seeds-needed", "the seeds per row that detect --effect Δ (points) with 80%% power"),
+                       ("migrate", "move runs of the old layout into the run store under --runs"),
+                       ("sweep", "the W&B sweep program (`sweep --write`: configs/sweeps/; see `sweep --help`)")):
+        # The sweep agent's swept values (`--model.KEY=VALUE`, `--student=dkd`) are not options: no abbreviations.
+        sub = commands.add_parser(name, help=what, description=agent.__doc__ if name == "sweep" else None,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=name != "sweep")
         add_recipe_options(sub)
+        if name == "migrate":
+            sub.add_argument("old", help="the old runs folder (<data>/<teacher run>/seed<k>/<stage>)")
+            continue
+        if name == "sweep":
+            sub.add_argument("--write", action="store_true", help="write configs/sweeps/<table>.yaml from the tables "
+                             "(with --data, --pair, --epochs, --devices, --args fixed in their command)")
+            sub.add_argument("--table", help="the table of the agent's run")
+            sub.add_argument("--seed_everything", type=int, default=0)
+            sub.add_argument("--print_config", nargs="?", const="both", choices=("teacher", "student", "both"),
+                             help="print the teacher's and the student's configs (or one of them), run nothing")
+        else:
+            sub.add_argument("tables", nargs="+" if name != "seeds-needed" else "*", default=["all"],
+                             help=" | ".join(table_names()) + " | all")
+            sub.add_argument("--dry-run", action="store_true", help="print what would run or be built, do nothing")
+        sub.add_argument("--seeds", type=int, nargs="+", default=None if name in ("build", "seeds-needed") else [0],
+                         help="run: the seeds to train (default 0); build: the seeds to build (default: every "
+                              "seed found under --runs); sweep --write: the seed_everything values")
+        sub.add_argument("--margin_space", default="prob", choices=MARGIN_SPACES if name == "sweep" else None,
+                         help="prob | logit (tables that declare margin_space)")
+        sub.add_argument("--out", default=str(agent.SWEEPS if name == "sweep" else ROOT / "results"),
+                         help="folder of the built tables (sweep --write: of the sweep files)")
         if name == "run":
             sub.add_argument("--jobs", type=int, default=1, help="runs trained at once (each gets cores / jobs "
                              "threads and GPUs / jobs GPUs); a student waits for its teacher")
             slurm.add_launcher_options(sub)
         if name == "seeds-needed":
             sub.add_argument("--effect", type=float, required=True, help="the true Δ to detect, in points")
-    sub = commands.add_parser("migrate", help="move runs of the old layout into the run store under --runs")
-    sub.add_argument("old", help="the old runs folder (<data>/<teacher run>/seed<k>/<stage>)")
-    add_recipe_options(sub)
-    commands.add_parser("sweep", help="the W&B sweep program (`sweep --write`: configs/sweeps/; see `sweep --help`)")
-    commands.add_parser("expand", help="the commands a sweep file's agents would run")
+    sub = commands.add_parser("expand", help="the commands a sweep file's agents would run")
+    sub.add_argument("files", nargs="*", help="sweep files (default: configs/sweeps/*.yaml)")
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["sweep"], ["expand"]):  # programs with their own options
-        return (agent.main if argv[0] == "sweep" else expand.main)(argv[1:])
-    ns = parser().parse_args(argv)
+    cli = parser()
+    ns, extra = cli.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extra and ns.command != "sweep":  # the sweep agent's own arguments follow the program's
+        cli.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         # A user's mistake (KDLightningError): one line and exit code 2; anything else: its traceback and a line
         # saying it is a bug to report (kd_lightning/error_report.py).
-        with report_user_errors("ablations", code=2):
-            return _run(ns)
+        with report_user_errors("sweep" if ns.command == "sweep" else "ablations", code=2):
+            return _run(ns, extra)
     except SystemExit as stop:
         return int(stop.code or 0)
     except KeyboardInterrupt:
@@ -119,11 +132,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
 
 
-def _run(ns: argparse.Namespace) -> int:
+def _run(ns: argparse.Namespace, extra: list[str]) -> int:
+    if ns.command == "expand":
+        return expand.main(ns.files)
+    if ns.command == "sweep":
+        return agent.run(ns, extra)
     recipe, store = recipe_of(ns), RunStore(ns.runs)
     if ns.command == "migrate":
-        from kd_lightning.ablations.grid.migrate import migrate
-
         return migrate(Path(ns.old), recipe, store, Path(ns.ablations))
     tables, out = tables_of(ns.tables, ns.margin_space, ns.ablations), Path(ns.out)
     if ns.command == "seeds-needed":

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 from kd_lightning.exceptions import KDLightningError, RowError
 from kd_lightning.identity import canonical, defaults_of, run_identity
+from kd_lightning.utils.config_files import check_config_files
 
 #: Arguments stripped before parsing (their keys are VOLATILE), so that runs differing only in them share a parse.
 _VOLATILE_ARGS = ("--trainer.default_root_dir", "--model.teacher_checkpoint", "--ckpt_path", "--print_config",
@@ -24,21 +25,17 @@ def fit_parser() -> Any:
     """The CLI's own parser (KDLightningCLI's, with its links and defaults), built once per process."""
     from kd_lightning.cli import KDLightningCLI
 
-    holder: dict[str, Any] = {}
-
     class _ParserOnly(KDLightningCLI):
         def parse_arguments(self, parser: Any, args: Any) -> None:
-            holder["parser"] = parser
-            raise _ParserBuilt  # stop before parsing sys.argv and instantiating anything
+            raise _ParserBuilt(parser)  # stop before parsing sys.argv and instantiating anything
 
     try:
         _ParserOnly(args=[])
-    except _ParserBuilt:
-        pass
-    parser = holder["parser"]
-    parser.exit_on_error = False  # raise ArgumentError instead of printing the usage and exiting
-    for sub in parser._subcommands_action._name_parser_map.values():
-        sub.exit_on_error = False
+    except _ParserBuilt as built:
+        parser = built.args[0]
+    # Raise ArgumentError instead of printing the usage and exiting.
+    for each in (parser, *parser._subcommands_action._name_parser_map.values()):
+        each.exit_on_error = False
     return parser
 
 
@@ -68,8 +65,6 @@ def summary(message: str) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _parse(args: tuple[str, ...]) -> Any:
-    from kd_lightning.utils.config_files import check_config_files
-
     check_config_files(list(args))  # a file that is not YAML: named with its line (ConfigFileError)
     return fit_parser().parse_args(["fit", *args]).fit
 

@@ -19,12 +19,10 @@ DEFAULT_PAIRS = {"cifar100": ("resnet32x4", "resnet8x4"), "tiny_imagenet": ("res
 
 def parse_pair(pair: Optional[str]) -> Optional[tuple[str, str]]:
     """'resnet32x4->resnet8x4' -> ('resnet32x4', 'resnet8x4'); '' or None -> None (the data set's default)."""
-    if not pair:
-        return None
-    parts = [p.strip() for p in pair.split("->")]
-    if len(parts) != 2 or not all(parts):
+    parts = tuple(p.strip() for p in (pair or "").split("->"))
+    if pair and (len(parts) != 2 or not all(parts)):
         raise UserValueError(f"PAIR must be TEACHER->STUDENT, e.g. resnet32x4->resnet8x4; got {pair!r}")
-    return parts[0], parts[1]
+    return parts if pair else None
 
 
 @dataclass
@@ -61,20 +59,17 @@ class Recipe:
 
     def backbone(self, stage: str) -> Optional[str]:
         pair = self.pair or DEFAULT_PAIRS.get(self.data)
-        return None if pair is None else pair[0 if stage == "teacher" else 1]
+        return pair[0 if stage == "teacher" else 1] if pair else None
 
     def configs(self, stage: str) -> list[Path]:
         """The config files of a run of `stage`, in order (the row is not among them)."""
-        files = [ROOT / "configs" / "trainer" / "default.yaml"]
-        if self.proxy:
-            files += [PROXY / "data.yaml", PROXY / f"{stage}.yaml"]
-        else:
-            path = ROOT / "configs" / stage / f"{self.backbone(stage)}.yaml"
-            if not path.is_file():
-                have = sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem not in ("alone", "rkd"))
-                raise UserFileError(f"no {stage} config for backbone {self.backbone(stage)!r} ({path}); PAIR takes "
-                                    f"{stage}s from: {', '.join(have)}")
-            files += [ROOT / "configs" / "data" / f"{self.data}.yaml", path]
+        own = PROXY / f"{stage}.yaml" if self.proxy else ROOT / "configs" / stage / f"{self.backbone(stage)}.yaml"
+        if not self.proxy and not own.is_file():
+            have = sorted(p.stem for p in own.parent.glob("*.yaml") if p.stem not in ("alone", "rkd"))
+            raise UserFileError(f"no {stage} config for backbone {self.backbone(stage)!r} ({own}); PAIR takes "
+                                f"{stage}s from: {', '.join(have)}")
+        data = PROXY / "data.yaml" if self.proxy else ROOT / "configs" / "data" / f"{self.data}.yaml"
+        files = [ROOT / "configs" / "trainer" / "default.yaml", data, own]
         for path in files:
             if not path.is_file():
                 raise UserFileError(f"config {path} is missing; restore it from git")
@@ -84,8 +79,7 @@ class Recipe:
                 teacher_checkpoint: Optional[Path] = None, resume: bool = False) -> list[str]:
         """The full `python -m kd_lightning fit ...` command of one run; `row_args` go last."""
         args = [sys.executable, "-m", "kd_lightning", "fit"]
-        for path in self.configs(stage):
-            args += ["--config", rel(path)]
+        args += [word for path in self.configs(stage) for word in ("--config", rel(path))]
         if self.proxy and self.pair:
             args.append(f"--model.backbone={self.backbone(stage)}")
         args += self.extra
@@ -105,7 +99,6 @@ class Recipe:
 
 
 def fit_args(command: list[str]) -> list[str]:
-    """The arguments after `fit` of a command from Recipe.command()."""
     return command[command.index("fit") + 1:]
 
 

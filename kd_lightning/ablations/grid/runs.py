@@ -2,8 +2,8 @@
 table (docs/ablations.md, "A run is trained once")."""
 from __future__ import annotations
 
-import importlib
 import json
+import pydoc
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,23 +12,22 @@ from typing import Any, Optional
 from kd_lightning.ablations.grid.identity import identity, seedless_identity
 from kd_lightning.ablations.grid.recipe import Recipe, fit_args
 from kd_lightning.ablations.grid.spec import ROOT, Row, Table, rel
+from kd_lightning.ablations.grid.store import relative_dir
 from kd_lightning.identity import digest
 
 PAPER = "paper"
 PLAIN_CE = "plain_ce"
+INIT = "model.init_args."  # the teacher's own arguments: named and given without it (`--model.KEY`, `KEY=VALUE`)
+OBJECTIVE = INIT + "objective.class_path"
+WEIGHT = INIT + "contrastive_weight"
 NO_CONTRASTIVE = "kd_lightning.objectives.NoContrastive"
-OBJECTIVE = "objective.class_path"
-#: Keys outside model.init_args are named with this prefix in TeacherRun.changes (e.g. "=trainer.max_epochs").
-_OUTSIDE_MODEL = "="
+_PACKAGE = re.compile(r"^kd_lightning\.(.*\.)?")  # a class of the package is named by its name
 
 
-def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key: value})
     return out
 
 
@@ -39,31 +38,16 @@ def _arg_value(value: Any) -> str:
 
 @dataclass(frozen=True)
 class TeacherRun:
-    """One distinct teacher: its folder name and its canonical changes to `model.init_args` (dotted keys)."""
+    """One distinct teacher: its folder name and its canonical changes to the recipe's teacher (dotted keys)."""
 
     name: str
     changes: tuple[tuple[str, Any], ...] = ()
 
     def args(self) -> list[str]:
         """The `kd-lightning fit` arguments that make the recipe's teacher this one."""
-        out = []
-        for key, value in self.changes:
-            if key == OBJECTIVE:
-                out.append(f"--model.objective={value}")  # jsonargparse swaps the class and keeps its init_args
-            elif key.startswith(_OUTSIDE_MODEL):
-                out.append(f"--{key[len(_OUTSIDE_MODEL):]}={_arg_value(value)}")
-            else:
-                out.append(f"--model.{key}={_arg_value(value)}")
-        return out
-
-
-def teacher_config(recipe: Recipe, args: list[str], source: str) -> dict[str, Any]:
-    """The teacher's resolved identity (identity.py), flattened to dotted keys; model.init_args keys bare."""
-    config = identity(fit_args(recipe.command("teacher", Path("/run"), 0, args)), source)
-    model = config.pop("model", None) or {}
-    config.pop("seed_everything", None)  # the run's folder names the seed
-    return {**_flatten(model.get("init_args") or {}), "=model.class_path": model.get("class_path"),
-            **{_OUTSIDE_MODEL + k: v for k, v in _flatten(config).items()}}
+        # --model.objective=CLASS: jsonargparse swaps the class and keeps its init_args.
+        return [f"--model.objective={value}" if key == OBJECTIVE else
+                f"--{key.replace(INIT, 'model.', 1)}={_arg_value(value)}" for key, value in self.changes]
 
 
 def teacher_run(recipe: Recipe, row_args: list[str], margin_space: str = "prob", source: str = "") -> TeacherRun:
@@ -71,31 +55,27 @@ def teacher_run(recipe: Recipe, row_args: list[str], margin_space: str = "prob",
     resolved config changes in the recipe's teacher; bad arguments raise RowError naming `source` (default: the row
     files among `row_args`). Without a contrastive term, the arguments the teacher class declares CONTRASTIVE_ONLY
     change no gradient: the run is "plain_ce", named by its other changes only."""
+    def config(args: list[str], where: str) -> dict[str, Any]:  # the seed aside: the run's folder names it
+        resolved = identity(fit_args(recipe.command("teacher", Path("/run"), 0, args)), where)
+        return _flatten({k: v for k, v in resolved.items() if k != "seed_everything"})
+
     files = [b for a, b in zip(row_args, row_args[1:]) if a == "--config"]
     source = source or ", ".join(files) or (f"arguments {' '.join(row_args)}" if row_args else "the recipe")
-    base = teacher_config(recipe, [], "the recipe's teacher config")
-    extra = [f"--model.gate_space={margin_space}"] if margin_space != "prob" else []
-    merged = teacher_config(recipe, extra + list(row_args), source)
-    changes = tuple(sorted((k, v) for k, v in merged.items() if base.get(k, object()) != v))
-    if not merged.get("contrastive_weight") or merged.get(OBJECTIVE) == NO_CONTRASTIVE:
-        plain = ((OBJECTIVE, NO_CONTRASTIVE), ("contrastive_weight", 0.0))
-        module, _, name = merged["=model.class_path"].rpartition(".")
-        model_class = getattr(importlib.import_module(module), name)
-        ignored = {"contrastive_weight", *getattr(model_class, "CONTRASTIVE_ONLY", ())}
-        rest = tuple((k, v) for k, v in changes if k.split(".")[0] not in ignored)
-        return TeacherRun(_name(PLAIN_CE, rest), plain + rest)
-    return TeacherRun(_name("", changes) or PAPER, changes)
-
-
-def _name(prefix: str, changes: tuple[tuple[str, Any], ...]) -> str:
-    def short(value: Any) -> str:  # a class of the package by its name
-        if value is None:
-            return "null"
-        return value.rsplit(".", 1)[1] if isinstance(value, str) and value.startswith("kd_lightning.") else str(value)
-
-    parts = [prefix] if prefix else []
-    parts += [f"{k.lstrip(_OUTSIDE_MODEL).replace('.class_path', '')}={short(v)}" for k, v in changes]
-    return re.sub(r"[^A-Za-z0-9_.=+-]", "", "+".join(parts))
+    base = config([], "the recipe's teacher config")
+    space = [f"--model.gate_space={margin_space}"] if margin_space != "prob" else []
+    merged = config(space + list(row_args), source)
+    # The keys outside model.init_args first, then the teacher's own, each sorted: the order of the run's name.
+    changes = sorted(((k, v) for k, v in merged.items() if base.get(k, object()) != v),
+                     key=lambda change: (change[0].startswith(INIT), change[0]))
+    plain = not merged.get(WEIGHT) or merged.get(OBJECTIVE) == NO_CONTRASTIVE
+    if plain:
+        ignored = {"contrastive_weight", *getattr(pydoc.locate(merged["model.class_path"]), "CONTRASTIVE_ONLY", ())}
+        changes = [(k, v) for k, v in changes if not (k.startswith(INIT) and k[len(INIT):].split(".")[0] in ignored)]
+    parts = [PLAIN_CE] if plain else []
+    parts += [f"{k.removeprefix(INIT).replace('.class_path', '')}={'null' if v is None else _PACKAGE.sub('', str(v))}"
+              for k, v in changes]
+    name = re.sub(r"[^A-Za-z0-9_.=+-]", "", "+".join(parts)) or PAPER
+    return TeacherRun(name, (((OBJECTIVE, NO_CONTRASTIVE), (WEIGHT, 0.0)) if plain else ()) + tuple(changes))
 
 
 @dataclass(frozen=True)
@@ -112,10 +92,7 @@ class Job:
     settings: tuple[tuple[str, str, str], ...] = ()  # its pair settings: (dotted key, value, where it comes from)
 
     @property
-    def key(self) -> str:
-        """The run's place in the store, relative to RUNS (store.py owns the layout)."""
-        from kd_lightning.ablations.grid.store import relative_dir
-
+    def key(self) -> str:  # the run's place in the store, relative to RUNS (store.py owns the layout)
         return str(relative_dir(self))
 
 
@@ -125,24 +102,22 @@ def run_digest(recipe: Recipe, stage: str, args: list[str], source: str) -> str:
 
 
 def teacher_job(recipe: Recipe, teacher: TeacherRun, seed: int) -> Job:
-    args = tuple(teacher.args())
-    return Job(recipe.data, seed, "teacher", teacher.name, args,
-               run_digest(recipe, "teacher", list(args), f"teacher run {teacher.name}"))
+    args = teacher.args()
+    return Job(recipe.data, seed, "teacher", teacher.name, tuple(args),
+               run_digest(recipe, "teacher", args, f"teacher run {teacher.name}"))
 
 
 def student_job(recipe: Recipe, teacher: Optional[Job], seed: int, row: Row) -> Job:
     """A student row (a method card) under `recipe`: its overlay and proxy arguments, and its settings for the
     recipe's pair unless ARGS gives the same key."""
-    settings: list[tuple[str, str, str]] = []
     pair = (recipe.backbone("teacher"), recipe.backbone("student"))
-    if row.card is not None and None not in pair:
-        given = recipe.given_keys()
-        for key, value in row.card.settings_for(*pair).items():
-            source = "ARGS" if key in given else f"method card {row.card.name!r}, pair {pair[0]}->{pair[1]}"
-            settings.append((key, _arg_value(value), source))
-    args = tuple(row.config_args(recipe.proxy)) + tuple(f"--{k}={v}" for k, v, s in settings if s != "ARGS")
-    return Job(recipe.data, seed, "student", row.name, args,
-               run_digest(recipe, "student", list(args), f"student row {row.name}"), teacher, tuple(settings))
+    card = row.card.settings_for(*pair) if row.card is not None and None not in pair else {}
+    given = recipe.given_keys()
+    settings = tuple((key, _arg_value(value), "ARGS" if key in given else
+                      f"method card {row.card.name!r}, pair {pair[0]}->{pair[1]}") for key, value in card.items())
+    args = row.config_args(recipe.proxy) + [f"--{k}={v}" for k, v, source in settings if source != "ARGS"]
+    return Job(recipe.data, seed, "student", row.name, tuple(args),
+               run_digest(recipe, "student", args, f"student row {row.name}"), teacher, settings)
 
 
 def table_teachers(recipe: Recipe, table: Table) -> list[tuple[Row, TeacherRun]]:
@@ -167,9 +142,7 @@ def grid_jobs(recipe: Recipe, tables: list[Table], seed: int) -> list[Job]:
 def unique(jobs: list[Job]) -> list[Job]:
     """The jobs in order, each once (a run that several tables name is trained once)."""
     seen: dict[str, Job] = {}
-    for job in jobs:
-        seen.setdefault(job.key, job)
-    return list(seen.values())
+    return [seen.setdefault(job.key, job) for job in jobs if job.key not in seen]
 
 
 def alone_job(recipe: Recipe, seed: int) -> Job:

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
+from jsonargparse import ArgumentParser
+
+from kd_lightning.ablations.grid.identity import summary
 from kd_lightning.exceptions import RowError, UserValueError
 
 # configs/ lives at $KD_LIGHTNING_ROOT, else in the checkout holding this package (an editable install), else in the
@@ -59,14 +62,11 @@ class Table:
 
     @property
     def heading(self) -> str:
-        spaces = {"prob": "probability space", "logit": "logit space"}
-        return self.title + (f", {spaces[self.space]}" if self.margin_space else "")
+        space = "probability" if self.space == "prob" else self.space
+        return self.title + (f", {space} space" if self.margin_space else "")
 
 
 def _read_manifest(path: Path):
-    """The manifest's namespace: title, teachers (RowSpec fields), students, margin_space."""
-    from jsonargparse import ArgumentParser
-
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--title", type=str, required=True)
     parser.add_argument("--teachers", type=list[RowSpec], required=True)
@@ -75,14 +75,11 @@ def _read_manifest(path: Path):
     try:
         return parser.parse_path(str(path))
     except Exception as err:  # jsonargparse reports schema errors as ArgumentError, a bad YAML file as others
-        from kd_lightning.ablations.grid.identity import summary
-
         raise RowError(f"{path}: {summary(str(err))}; a manifest has `title:`, `teachers:` (each `name:`, `label:`, "
                        "optional `args:` and `proxy:`), `students:` and optional `margin_space:`") from None
 
 
 def card_row(card) -> Row:
-    """A method card as a student row: its overlay file, then on the proxy its proxy arguments."""
     return Row(card.name, card.label, ("--config", card.overlay) if card.overlay else (), tuple(card.proxy_args), card)
 
 
@@ -97,15 +94,15 @@ def load_table(name: str, space: str = "prob", root: Path | str = ABLATIONS) -> 
         raise UserValueError(f"MARGIN_SPACE must be one of {', '.join(MARGIN_SPACES)}, got {space!r}")
     manifest = _read_manifest(path)
     names = [t.name for t in manifest.teachers]
-    files = {p.stem for p in folder.glob("*.yaml") if p.name != MANIFEST}
-    if sorted(files - set(names)) or len(set(names)) != len(names):
+    unlisted = sorted({p.stem for p in folder.glob("*.yaml") if p.name != MANIFEST} - set(names))
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if unlisted or twice:
         raise RowError(f"{path}: every row file must be listed once as a teacher row; unlisted: "
-                       f"{', '.join(sorted(files - set(names))) or '-'}; listed twice: "
-                       f"{', '.join(sorted({n for n in names if names.count(n) > 1})) or '-'}")
+                       f"{', '.join(unlisted) or '-'}; listed twice: {', '.join(twice) or '-'}")
     teachers = []
     for spec in manifest.teachers:
         own = folder / f"{spec.name}.yaml"
-        args = (["--config", rel(own)] if own.is_file() else []) + list(spec.args)
+        args = (["--config", rel(own)] if own.is_file() else []) + spec.args
         teachers.append(Row(spec.name, spec.label, tuple(args), tuple(spec.proxy)))
     cards = {card.name: card for card in method_cards()}
     students = list(cards) if manifest.students == "all" else manifest.students
@@ -125,13 +122,11 @@ def table_names(root: Path | str = ABLATIONS) -> list[str]:
 
 
 def tables_of(names: list[str], space: str = "prob", root: Path | str = ABLATIONS) -> list[Table]:
-    """`names` (or ["all"]) as tables; an unknown name is one error listing the tables."""
     known = table_names(root)
-    names = known if names == ["all"] else names
-    for name in names:
-        if name not in known:
-            raise UserValueError(f"unknown table {name!r}; the tables are {', '.join(known)} (or all)")
-    return [load_table(name, space, root) for name in names]
+    unknown = [n for n in names if n not in known and names != ["all"]]
+    if unknown:
+        raise UserValueError(f"unknown table {unknown[0]!r}; the tables are {', '.join(known)} (or all)")
+    return [load_table(name, space, root) for name in (known if names == ["all"] else names)]
 
 
 def table_of_id(tid: str, root: Path | str = ABLATIONS) -> Table:

@@ -11,13 +11,16 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+from jsonargparse import get_loader
+
 from kd_lightning.ablations.grid.local import job_command, run_job
-from kd_lightning.ablations.grid.recipe import Recipe, add_recipe_options, recipe_of
-from kd_lightning.ablations.grid.runs import Job, student_job, table_teachers, teacher_config, teacher_job, teacher_run
+from kd_lightning.ablations.grid.recipe import Recipe, recipe_of
+from kd_lightning.ablations.grid.runs import Job, student_job, table_teachers, teacher_job, teacher_run
 from kd_lightning.ablations.grid.spec import ROOT, Row, Table, load_table, table_names
 from kd_lightning.ablations.grid.store import RunState, RunStore
-from kd_lightning.error_report import report_user_errors
 from kd_lightning.exceptions import RowError, UserValueError
+from kd_lightning.utils.atomic import atomic_write_text
 
 SWEEPS = ROOT / "configs" / "sweeps"
 PROJECT = "kd-lightning"
@@ -30,19 +33,15 @@ SUMMARY_METRICS = ("test/acc", "test/loss", "test/d_intra", "test/d_inter", "tes
 # --- rows -> sweep files ---------------------------------------------------------------------------------------------
 def model_overrides(row: Row) -> dict[str, Any]:
     """A teacher row's changes to `model.init_args`, as its row file writes them; `{class_path: X}` becomes X."""
-    from jsonargparse import get_loader
-
     out: dict[str, Any] = {}
-    for flag, path in zip(row.args, row.args[1:]):
-        if flag != "--config":
-            continue
+    for path in (b for a, b in zip(row.args, row.args[1:]) if a == "--config"):
         overlay = get_loader("yaml")((ROOT / path).read_text()) or {}
         model = overlay.get("model") or {}
         if set(overlay) - {"model"} or set(model) - {"init_args"}:
             raise RowError(f"{path}: a row may only change model.init_args; put other settings in the proxy or "
                            "data configs")
-        for key, value in (model.get("init_args") or {}).items():
-            out[key] = value["class_path"] if isinstance(value, dict) and set(value) == {"class_path"} else value
+        out.update({k: v["class_path"] if isinstance(v, dict) and set(v) == {"class_path"} else v
+                    for k, v in (model.get("init_args") or {}).items()})
     return out
 
 
@@ -50,14 +49,12 @@ def sweep_parameters(table: Table) -> dict[str, list[Any]]:
     """The swept parameters that walk a table's rows, {key: values in row order}: with several student rows
     `teacher` and `student` (the rows' names); else the one model key every teacher row changes, or
     `model.init_args` with each row's changes as a YAML mapping (Table A: δ, and λ = 0 for its plain-CE row)."""
-    import yaml
-
     if len(table.students) > 1:
         return {"teacher": [r.name for r in table.teachers], "student": [r.name for r in table.students]}
     overrides = [model_overrides(row) for row in table.teachers]
-    keys = {tuple(o) for o in overrides}
-    if len(keys) == 1 and len(next(iter(keys))) == 1:
-        (key,) = next(iter(keys))
+    keys = {key for o in overrides for key in o}
+    if len(keys) == 1 and all(overrides):  # every row changes that one key
+        (key,) = keys
         # `null`, not None: the agent formats values with str(), and jsonargparse reads `None` as a string.
         name, values = f"model.{key}", ["null" if o[key] is None else o[key] for o in overrides]
     else:
@@ -70,8 +67,6 @@ def sweep_parameters(table: Table) -> dict[str, list[Any]]:
 
 def sweep_text(table: Table, seeds: list[int], data: str = "synthetic", fixed: Optional[list[str]] = None) -> str:
     """The sweep file of one table; `fixed` are more of the program's own options (--pair=..., --epochs=...)."""
-    import yaml
-
     rows = table.students if len(table.students) > 1 else table.teachers
     header = [
         f"# W&B sweep of the {table.name} table: one agent run per row and seed (the teacher, then its student).",
@@ -83,118 +78,60 @@ def sweep_text(table: Table, seeds: list[int], data: str = "synthetic", fixed: O
         "# --epochs=N --devices=N] --out=<folder> writes these sweeps with those arguments fixed before ${args}.",
         "# Rows: " + "; ".join(f"{r.name} = {r.label}" for r in rows),
     ]
-    config = {
-        "program": "kd_lightning/ablations/__main__.py",
-        "name": f"kd-lightning {table.name} table ({data})",
-        "project": PROJECT,
-        "method": "grid",
-        "metric": {"name": "student/test_acc", "goal": "maximize"},
-        "parameters": {"seed_everything": {"values": list(seeds)},
-                       **{k: {"values": v} for k, v in sweep_parameters(table).items()}},
-        "command": ["${env}", "${interpreter}", "-m", "kd_lightning.ablations", "sweep", f"--table={table.name}",
-                    f"--data={data}", *(fixed or []), "${args}"],
-    }
+    config = {"program": "kd_lightning/ablations/__main__.py", "name": f"kd-lightning {table.name} table ({data})",
+              "project": PROJECT, "method": "grid", "metric": {"name": "student/test_acc", "goal": "maximize"},
+              "parameters": {"seed_everything": {"values": list(seeds)},
+                             **{k: {"values": v} for k, v in sweep_parameters(table).items()}},
+              "command": ["${env}", "${interpreter}", "-m", "kd_lightning.ablations", "sweep", f"--table={table.name}",
+                          f"--data={data}", *(fixed or []), "${args}"]}
     return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=120)
 
 
 # --- the agent's program ---------------------------------------------------------------------------------------------
 def row_for_args(table: Table, swept: dict[str, str], recipe: Optional[Recipe] = None) -> Optional[Row]:
-    """The teacher row whose sweep value the agent passed, or None for a value that is no row of the table. Values
-    are compared as the CLI's parser resolves them (W&B may send 0.0 back as 0, an agent writes 1e-05)."""
-    (name,) = sweep_parameters(table)
-    if name not in swept:
-        return None
+    """The teacher row whose run the agent's sweep values ask for, or None. Values are compared as the CLI's parser
+    resolves them (W&B may send 0.0 back as 0, an agent writes 1e-05)."""
     recipe = recipe or Recipe()
-    extra = [f"--model.gate_space={table.space}"] if table.space != "prob" else []
-    given = teacher_config(recipe, extra + [f"--{name}={swept[name]}"], f"sweep argument --{name}={swept[name]}")
-    for row in table.teachers:
-        if teacher_config(recipe, extra + row.config_args(recipe.proxy), row.name) == given:
-            return row
-    return None
+    args = [f"--{key}={value}" for key, value in swept.items()]
+    run = teacher_run(recipe, args, table.space, source=f"sweep arguments {' '.join(args)}")
+    return next((row for row, row_run in table_teachers(recipe, table) if row_run == run), None)
 
 
 def parse_swept(extra: list[str]) -> dict[str, str]:
     """The agent's `--dotted.key=value` arguments as {key: value} (values as the agent wrote them)."""
-    swept = {}
     for arg in extra:
-        match = re.fullmatch(r"--([A-Za-z_][\w.]*)=(.*)", arg, flags=re.S)
-        if not match:
+        if not re.fullmatch(r"--[A-Za-z_][\w.]*=.*", arg, flags=re.S):
             raise UserValueError(f"sweep arguments must look like --dotted.key=value, got {arg!r}")
-        swept[match.group(1)] = match.group(2)
-    return swept
+    return dict(arg[2:].split("=", 1) for arg in extra)
 
 
 def agent_jobs(table: Table, recipe: Recipe, extra: list[str], seed: int) -> tuple[Optional[Row], list[Job]]:
     """(teacher row, [teacher job, student job]) of one agent run."""
     swept = parse_swept(extra)
-    if len(table.students) > 1:  # `--teacher=<row> --student=<row>`
-        teachers = {row.name: run for row, run in table_teachers(recipe, table)}
+    if len(table.students) == 1:
+        row, student = row_for_args(table, swept, recipe), table.students[0]
+        run = teacher_run(recipe, extra, table.space, source=f"sweep arguments {' '.join(extra)}")
+    else:  # `--teacher=<row> --student=<row>`
+        teachers = {row.name: (row, run) for row, run in table_teachers(recipe, table)}
         students = {row.name: row for row in table.students}
         if swept.get("teacher") not in teachers or swept.get("student") not in students:
             raise UserValueError(f"table {table.name}'s sweep passes --teacher={'|'.join(teachers)} and --student="
                                  f"{'|'.join(students)}; got {swept}")
-        teacher = teacher_job(recipe, teachers[swept["teacher"]], seed)
-        row = next(r for r in table.teachers if r.name == swept["teacher"])
-        return row, [teacher, student_job(recipe, teacher, seed, students[swept["student"]])]
-    run = teacher_run(recipe, extra, table.space, source=f"sweep arguments {' '.join(extra)}")
+        (row, run), student = teachers[swept["teacher"]], students[swept["student"]]
     teacher = teacher_job(recipe, run, seed)
-    return row_for_args(table, swept, recipe), [teacher, student_job(recipe, teacher, seed, table.students[0])]
+    return row, [teacher, student_job(recipe, teacher, seed, student)]
 
 
-def agent_run(recipe: Recipe, jobs: list[Job], store: RunStore, config: dict[str, Any]) -> int:
-    """Train the row's runs inside one W&B run, which gets their numbers (student/test_acc is the sweep metric)."""
-    import wandb
+def main(argv: list[str]) -> int:
+    from kd_lightning.ablations.__main__ import main
 
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), job_type="sweep-row")
-    run.config.update(config, allow_val_change=True)
-    state = RunState.COMPLETE.value
-    try:
-        for job in jobs:
-            state = run_job(job, recipe, store)
-            if state != RunState.COMPLETE.value:
-                break
-        summary: dict[str, Any] = {}
-        for job in jobs:
-            results = store.results(job) or {}
-            summary[f"{job.stage}/status"] = RunState.of(results or None).value
-            for which, suffix in (("last", ""), ("best", "_best")):
-                section = results.get(which) or {}
-                for metric in SUMMARY_METRICS:
-                    if section.get(metric) is not None:
-                        summary[f"{job.stage}/{metric.replace('/', '_', 1)}{suffix}"] = section[metric]
-        run.log(summary)
-        run.summary.update(summary)
-        print(json.dumps(summary, sort_keys=True), flush=True)
-    finally:
-        run.finish(exit_code=0 if state == RunState.COMPLETE.value else 1)
-    return 0 if state == RunState.COMPLETE.value else EXIT_FAILED
+    return main(["sweep", *argv])
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kd_lightning.ablations sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--write", action="store_true", help="write configs/sweeps/<table>.yaml from the tables "
-                        "(with --data, --pair, --epochs, --devices, --args fixed in their command)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --write: the seed_everything values")
-    parser.add_argument("--out", default=str(SWEEPS), help="with --write: the folder of the sweep files")
-    parser.add_argument("--table")
-    parser.add_argument("--margin_space", default="prob", choices=("prob", "logit"))
-    parser.add_argument("--seed_everything", type=int, default=0)
-    parser.add_argument("--print_config", nargs="?", const="both", choices=("teacher", "student", "both"),
-                        help="print the teacher's and the student's configs (or one of them), run nothing")
-    add_recipe_options(parser)
-    ns, extra = parser.parse_known_args(argv)
-    try:
-        with report_user_errors("sweep", code=2):
-            return _main(parser, ns, extra)
-    except SystemExit as stop:
-        return int(stop.code or 0)
-
-
-def _main(parser: argparse.ArgumentParser, ns: argparse.Namespace, extra: list[str]) -> int:
+def run(ns: argparse.Namespace, extra: list[str]) -> int:
+    """The `sweep` command: write the sweep files (--write), or train one agent's row and seed (`extra`: its swept
+    values) inside one W&B run, which gets their numbers (student/test_acc is the sweep metric)."""
     if ns.write:
-        from kd_lightning.utils.atomic import atomic_write_text
-
         fixed = [f"--{name}={getattr(ns, name)}" for name in ("pair", "epochs", "devices", "args", "student_args")
                  if getattr(ns, name)]
         fixed += [f"--margin_space={ns.margin_space}"] if ns.margin_space != "prob" else []
@@ -204,20 +141,39 @@ def _main(parser: argparse.ArgumentParser, ns: argparse.Namespace, extra: list[s
             print(f"wrote {path}")
         return 0
     if not ns.table:
-        parser.error("--table is required (or --write)")
+        raise UserValueError("--table is required (or --write)")
     table = load_table(ns.table, ns.margin_space, Path(ns.ablations))
     recipe, store = recipe_of(ns), RunStore(ns.runs)
     row, jobs = agent_jobs(table, recipe, extra, ns.seed_everything)
     if ns.print_config:  # one YAML document per run, teacher first, each printed by `kd-lightning fit --print_config`
-        which = {"both": jobs, "teacher": jobs[:1], "student": jobs[1:]}[ns.print_config]
-        for i, job in enumerate(which):
+        for i, job in enumerate({"both": jobs, "teacher": jobs[:1], "student": jobs[1:]}[ns.print_config]):
             if i:
                 print("---", flush=True)
             code = subprocess.run(job_command(job, recipe, store) + ["--print_config"], cwd=ROOT).returncode
             if code:
                 return code
         return 0
-    config = {"row": row.name if row else None, "row_label": row.label if row else None, "table": ns.table,
-              "margin_space": ns.margin_space, "run": jobs[0].name, "data": ns.data,
-              **{f"row.{k}": v for k, v in (model_overrides(row) if row else {}).items()}}
-    return agent_run(recipe, jobs, store, config)
+    import wandb
+
+    wandb_run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), job_type="sweep-row")
+    wandb_run.config.update({"row": row and row.name, "row_label": row and row.label, "table": ns.table,
+                             "margin_space": ns.margin_space, "run": jobs[0].name, "data": ns.data,
+                             **{f"row.{k}": v for k, v in (model_overrides(row) if row else {}).items()}},
+                            allow_val_change=True)
+    complete = False
+    try:
+        complete = all(run_job(job, recipe, store) == RunState.COMPLETE.value for job in jobs)  # stops at a failure
+        summary: dict[str, Any] = {}
+        for job in jobs:
+            results = store.results(job) or {}
+            summary[f"{job.stage}/status"] = RunState.of(results or None).value
+            summary.update({f"{job.stage}/{metric.replace('/', '_', 1)}{suffix}": section[metric]
+                            for which, suffix in (("last", ""), ("best", "_best"))
+                            for section in [results.get(which) or {}]
+                            for metric in SUMMARY_METRICS if section.get(metric) is not None})
+        wandb_run.log(summary)
+        wandb_run.summary.update(summary)
+        print(json.dumps(summary, sort_keys=True), flush=True)
+    finally:
+        wandb_run.finish(exit_code=0 if complete else 1)
+    return 0 if complete else EXIT_FAILED

@@ -1,12 +1,14 @@
 """Expand a W&B grid sweep file offline into the commands its agents would run (`expand configs/sweeps/margin.yaml`):
-the Cartesian product of the values (tests/test_sweeps.py checks it against W&B's own sweep engine), each made a
-command as wandb's agent builds it."""
+the Cartesian product of the values (tests/test_sweeps.py checks it against W&B's own sweep engine, which pins
+numpy<2 and so cannot be imported here), each made a command as wandb's agent builds it."""
 from __future__ import annotations
 
 import itertools
 import shlex
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from kd_lightning.ablations.grid.spec import ROOT
 from kd_lightning.exceptions import UserValueError
@@ -19,11 +21,11 @@ def grid(config: dict) -> tuple[str, list[dict[str, Any]]]:
     """(how it was expanded, one {parameter: value} per agent run) for a `method: grid` sweep."""
     if config.get("method") != "grid":
         raise UserValueError(f"only grid sweeps expand to a fixed list of runs; got method {config.get('method')!r}")
-    choices = {}
     for name, spec in config["parameters"].items():
         if "values" not in spec and "value" not in spec:
             raise UserValueError(f"grid parameter {name!r} needs `values` or `value`, got {spec}")
-        choices[name] = list(spec["values"]) if "values" in spec else [spec["value"]]
+    choices = {name: spec["values"] if "values" in spec else [spec["value"]]
+               for name, spec in config["parameters"].items()}
     return "Cartesian product", [dict(zip(choices, combo)) for combo in itertools.product(*choices.values())]
 
 
@@ -32,15 +34,11 @@ def agent_command(config: dict, params: dict[str, Any]) -> list[str]:
     create_sweep_command_args, then Agent._command_run's ${env}/${interpreter}/${program} substitution."""
     from wandb.sdk.launch.sweeps import utils as sweep_utils
 
-    command = sweep_utils.create_sweep_command(list(config.get("command") or []) or None)
-    sweep_vars: dict[str, Any] = sweep_utils.create_sweep_command_args(
-        {"args": {k: {"value": v} for k, v in params.items()}})
-    sweep_vars.update(interpreter=[AGENT_INTERPRETER], program=[config["program"]], env=[AGENT_ENV])
-    argv: list[str] = []
-    for chunk in map(str, command):
-        is_macro = chunk.startswith("${") and chunk.endswith("}")
-        argv += (sweep_vars.get(chunk[2:-1]) or []) if is_macro else [chunk]
-    return argv
+    sweep_vars = {**sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}}),
+                  "interpreter": [AGENT_INTERPRETER], "program": [config["program"]], "env": [AGENT_ENV]}
+    command = map(str, sweep_utils.create_sweep_command(list(config.get("command") or []) or None))
+    return [word for chunk in command for word in (
+        sweep_vars.get(chunk[2:-1]) or [] if chunk.startswith("${") and chunk.endswith("}") else [chunk])]
 
 
 def expand(config: dict) -> tuple[str, list[list[str]]]:
@@ -48,10 +46,8 @@ def expand(config: dict) -> tuple[str, list[list[str]]]:
     return engine, [agent_command(config, params) for params in runs]
 
 
-def main(argv: list[str]) -> int:
-    import yaml
-
-    for path in argv or sorted(str(p) for p in (ROOT / "configs" / "sweeps").glob("*.yaml")):
+def main(paths: list[str]) -> int:
+    for path in paths or sorted(str(p) for p in (ROOT / "configs" / "sweeps").glob("*.yaml")):
         engine, commands = expand(yaml.safe_load(Path(path).read_text()))
         print(f"# {path}: {len(commands)} runs (grid: {engine})")
         for command in commands:
