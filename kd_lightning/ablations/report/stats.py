@@ -1,5 +1,5 @@
 """Every Δ the tables and the demo print (docs/method.md §9): the paired difference to the baseline row, its 95%
-Student-t interval (scipy) and the smallest true difference it detects with 80% power (statsmodels)."""
+Student-t interval and power (scipy), and the smallest true difference detected with 80% power (statsmodels)."""
 from __future__ import annotations
 
 import math
