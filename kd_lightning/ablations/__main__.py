@@ -17,7 +17,7 @@ from kd_lightning.ablations.grid.local import gpu_slots, run_jobs, visible_gpus
 from kd_lightning.ablations.grid.migrate import migrate
 from kd_lightning.ablations.grid.recipe import Recipe, add_recipe_options, recipe_of
 from kd_lightning.ablations.grid.runs import grid_jobs, unique
-from kd_lightning.ablations.grid.spec import MARGIN_SPACES, ROOT, Table, table_names, tables_of
+from kd_lightning.ablations.grid.spec import ABLATIONS, MARGIN_SPACES, ROOT, Table, table_names, tables_of
 from kd_lightning.ablations.grid.store import RunStore
 from kd_lightning.ablations.report import seeds_needed
 from kd_lightning.ablations.report.tables import build
@@ -41,10 +41,10 @@ def found_seeds(table: Table, tables: list[Table], recipe: Recipe, store: RunSto
 
 
 def build_found(tables: list[Table], recipe: Recipe, seeds: Optional[list[int]], store: RunStore, out: Path,
-                dry_run: bool = False) -> int:
+                dry_run: bool = False, ablations: Path = ABLATIONS) -> int:
     """`build`: rebuild every table that has runs, from the seeds found; skip (and name) the tables that have none.
     An incomplete table is still written (its cells say why) and its problems are printed as notes."""
-    every = tables_of(["all"], tables[0].space if tables else "prob")
+    every = tables_of(["all"], tables[0].space if tables else "prob", ablations)
     built = 0
     for table in tables:
         found = found_seeds(table, every, recipe, store, seeds)
@@ -56,15 +56,16 @@ def build_found(tables: list[Table], recipe: Recipe, seeds: Optional[list[int]],
             print(f"[ablations] would build {table.id} from seeds {' '.join(map(str, found))}: "
                   f"{out / table.id}.md, .csv, .png", flush=True)
         else:
-            build(table, recipe, found, store, out, strict=False)
+            build(table, recipe, found, store, out, ablations, strict=False)
     if not built:
         sys.stderr.write(f"ablations: no runs of {', '.join(t.id for t in tables)} under {store.root / recipe.data}; "
                          "nothing built\n")
     return 0 if built else 1
 
 
-def build_all(tables: list[Table], recipe: Recipe, seeds: list[int], store: RunStore, out: Path) -> int:
-    return max((build(table, recipe, seeds, store, out) for table in tables), default=0)
+def build_all(tables: list[Table], recipe: Recipe, seeds: list[int], store: RunStore, out: Path,
+              ablations: Path = ABLATIONS) -> int:
+    return max((build(table, recipe, seeds, store, out, ablations) for table in tables), default=0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -147,7 +148,7 @@ def _run(ns: argparse.Namespace, extra: list[str]) -> int:
         print(seeds_needed.report(tables, recipe, store, ns.effect, ns.seeds))
         return 0
     if ns.command == "build":
-        return build_found(tables, recipe, ns.seeds, store, out, dry_run=ns.dry_run)
+        return build_found(tables, recipe, ns.seeds, store, out, ns.dry_run, Path(ns.ablations))
     if ns.command == "status":
         slurm.print_status(unique([j for seed in ns.seeds for j in grid_jobs(recipe, tables, seed)]), store)
         return 0
@@ -157,15 +158,15 @@ def _run(ns: argparse.Namespace, extra: list[str]) -> int:
                                   ns.dry_run)
         if ns.dry_run or not ns.wait:  # nothing submitted, or submitted: the runs are still to train
             return 0
-        return max(build_all(tables, recipe, ns.seeds, store, out), 0 if finished else 1)
+        return max(build_all(tables, recipe, ns.seeds, store, out, Path(ns.ablations)), 0 if finished else 1)
     gpu_slots(ns.jobs, recipe.devices, visible_gpus())  # JOBS x DEVICES must fit the box before anything runs
     for done, (seed, jobs) in enumerate(jobs_by_seed.items(), 1):  # seed by seed: the tables fill up as seeds finish
         print(f"[ablations] seed {seed}: {len(jobs)} runs for {', '.join(t.id for t in tables)} "
               f"({sum(j.stage == 'teacher' for j in jobs)} teachers)", flush=True)
         run_jobs(jobs, recipe, store, parallel=ns.jobs, dry_run=ns.dry_run)
         if not ns.dry_run:
-            build_all(tables, recipe, list(jobs_by_seed)[:done], store, out)
-    return 0 if ns.dry_run else build_all(tables, recipe, ns.seeds, store, out)
+            build_all(tables, recipe, list(jobs_by_seed)[:done], store, out, Path(ns.ablations))
+    return 0 if ns.dry_run else build_all(tables, recipe, ns.seeds, store, out, Path(ns.ablations))
 
 
 if __name__ == "__main__":
