@@ -392,6 +392,14 @@ def test_builder_flags_runs_that_do_not_match_the_request(hand_made_runs, tmp_pa
     build(spec.load_table("margin"), asked, [0], RunStore(tmp_path / "moved"), tmp_path / "r")
     md = (tmp_path / "r" / "margin.md").read_text()
     assert "EPOCHS=5 was asked for" in md and "PAIR=resnet20->resnet8 was asked for" in md
+    assert "the student runs have" in md
+    # STUDENT_ARGS' own --trainer.max_epochs sets the students' length: EPOCHS is then the teachers' alone.
+    students_own = recipe.Recipe(data="synthetic", epochs=5, student_extra=["--trainer.max_epochs=20"])
+    job = cells("margin", 0, students_own)[("kd", "delta_0.1")]
+    write_cell(tmp_path / "own", job, fake_results("teacher", 0.8, [0.1]), fake_results("student", 0.7, [0.1]))
+    build(spec.load_table("margin"), students_own, [0], RunStore(tmp_path / "own"), tmp_path / "r")
+    md = (tmp_path / "r" / "margin.md").read_text()
+    assert "EPOCHS=5 was asked for but the teacher runs have" in md and "the student runs have" not in md
 
 
 # --- the runner: the rules that do not need a training run -------------------------------------------------------------

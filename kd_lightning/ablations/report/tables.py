@@ -108,7 +108,7 @@ def hardware_now() -> str:
 
 
 def settings(frame: pd.DataFrame, table: Table, data: str, seeds: list[int], want_pair: Optional[str],
-             want_epochs: Optional[int]) -> tuple[list[tuple[str, str]], list[str]]:
+             want_epochs: dict[str, Optional[int]]) -> tuple[list[tuple[str, str]], list[str]]:
     """The table's header lines and its warnings. Every run counts once: rows share runs (Table D's rows share its two
     teachers), and a run counted once per row would multiply its training time."""
     runs = frame[frame.state == "complete"].drop_duplicates("key")
@@ -119,9 +119,9 @@ def settings(frame: pd.DataFrame, table: Table, data: str, seeds: list[int], wan
         epochs = list(part.epochs)
         if len(set(epochs)) > 1:
             warnings.append(f"the {stage} runs do not all have the same number of epochs: {_counts(epochs)}")
-        if want_epochs and epochs and set(epochs) != {want_epochs}:
-            warnings.append(f"EPOCHS={want_epochs} was asked for but the {stage} runs have {_counts(epochs)} epochs: "
-                            + never)
+        want = want_epochs.get(stage)
+        if want and epochs and set(epochs) != {want}:
+            warnings.append(f"EPOCHS={want} was asked for but the {stage} runs have {_counts(epochs)} epochs: " + never)
     warnings += [f"the {stage} runs do not all use the same backbone: {_counts(part.backbone)}"
                  for stage, part in by_stage.items() if part.backbone.nunique(dropna=False) > 1]
     pair_t, pair_s = (_counts(part.backbone) for part in by_stage.values())
@@ -316,7 +316,10 @@ def build(table: Table, recipe: Recipe, seeds: list[int], store: RunStore, out: 
     rows = table_rows(frame)
     deltas = {cell: [difference(frame, cell, stage, column) for _, stage, column, _, _ in DIFFERENCES]
               for cell in rows.index}
-    info = settings(frame, table, recipe.data, seeds, "->".join(recipe.pair) if recipe.pair else None, recipe.epochs)
+    # STUDENT_ARGS' own --trainer.max_epochs is the students' length, not EPOCHS
+    student_epochs = "trainer.max_epochs" in {a[2:].partition("=")[0] for a in recipe.student_extra if a[:2] == "--"}
+    want_epochs = {"teacher": recipe.epochs, "student": None if student_epochs else recipe.epochs}
+    info = settings(frame, table, recipe.data, seeds, "->".join(recipe.pair) if recipe.pair else None, want_epochs)
     title = f"{table.heading} — {recipe.data}"
     paths = [out / f"{table.id}.{ext}" for ext in ("md", "csv", "png")]
     atomic_write_text(paths[0], markdown(frame, rows, deltas, info, seeds, title, recipe.data,
