@@ -49,9 +49,18 @@ class Recipe:
         if self.devices and not (self.devices.isdigit() and int(self.devices) >= 1) and self.devices != "auto":
             raise UserValueError(f"DEVICES must be a whole number >= 1 (GPUs per run), got {self.devices!r}")
 
-    def given_keys(self) -> set[str]:
-        """The dotted keys ARGS sets (`--key=value` or `--key value`): a method card's pair setting yields to them."""
-        return {a[2:].partition("=")[0] for a in self.extra + self.student_extra if a.startswith("--")}
+    def given_keys(self, args: Optional[list[str]] = None) -> set[str]:
+        """The dotted keys ARGS and STUDENT_ARGS (or `args`) set (`--key=value` or `--key value`): a method card's
+        pair setting yields to them."""
+        words = self.extra + self.student_extra if args is None else args
+        return {a[2:].partition("=")[0] for a in words if a.startswith("--")}
+
+    def epochs_of(self, stage: str) -> Optional[int]:
+        """The trainer.max_epochs the recipe asks of `stage`'s runs: EPOCHS, or None when it does not set them,
+        as for students whose STUDENT_ARGS give their own (they come last on the command line: command())."""
+        if stage == "student" and "trainer.max_epochs" in self.given_keys(self.student_extra):
+            return None
+        return self.epochs
 
     @property
     def proxy(self) -> bool:

@@ -142,7 +142,9 @@ def grid_jobs(recipe: Recipe, tables: list[Table], seed: int) -> list[Job]:
 def unique(jobs: list[Job]) -> list[Job]:
     """The jobs in order, each once (a run that several tables name is trained once)."""
     seen: dict[str, Job] = {}
-    return [seen.setdefault(job.key, job) for job in jobs if job.key not in seen]
+    for job in jobs:
+        seen.setdefault(job.key, job)
+    return list(seen.values())
 
 
 def alone_job(recipe: Recipe, seed: int) -> Job:

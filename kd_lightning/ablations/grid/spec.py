@@ -123,10 +123,11 @@ def table_names(root: Path | str = ABLATIONS) -> list[str]:
 
 def tables_of(names: list[str], space: str = "prob", root: Path | str = ABLATIONS) -> list[Table]:
     known = table_names(root)
-    unknown = [n for n in names if n not in known and names != ["all"]]
+    names = known if names == ["all"] else names
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise UserValueError(f"unknown table {unknown[0]!r}; the tables are {', '.join(known)} (or all)")
-    return [load_table(name, space, root) for name in (known if names == ["all"] else names)]
+    return [load_table(name, space, root) for name in names]
 
 
 def table_of_id(tid: str, root: Path | str = ABLATIONS) -> Table:

@@ -316,9 +316,7 @@ def build(table: Table, recipe: Recipe, seeds: list[int], store: RunStore, out: 
     rows = table_rows(frame)
     deltas = {cell: [difference(frame, cell, stage, column) for _, stage, column, _, _ in DIFFERENCES]
               for cell in rows.index}
-    # STUDENT_ARGS' own --trainer.max_epochs is the students' length, not EPOCHS
-    student_epochs = "trainer.max_epochs" in {a[2:].partition("=")[0] for a in recipe.student_extra if a[:2] == "--"}
-    want_epochs = {"teacher": recipe.epochs, "student": None if student_epochs else recipe.epochs}
+    want_epochs = {stage: recipe.epochs_of(stage) for stage in STAGES}
     info = settings(frame, table, recipe.data, seeds, "->".join(recipe.pair) if recipe.pair else None, want_epochs)
     title = f"{table.heading} — {recipe.data}"
     paths = [out / f"{table.id}.{ext}" for ext in ("md", "csv", "png")]

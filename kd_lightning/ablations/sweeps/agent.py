@@ -16,7 +16,7 @@ from jsonargparse import get_loader
 
 from kd_lightning.ablations.grid.local import job_command, run_job
 from kd_lightning.ablations.grid.recipe import Recipe, recipe_of
-from kd_lightning.ablations.grid.runs import Job, student_job, table_teachers, teacher_job, teacher_run
+from kd_lightning.ablations.grid.runs import Job, TeacherRun, student_job, table_teachers, teacher_job, teacher_run
 from kd_lightning.ablations.grid.spec import ROOT, Row, Table, load_table, table_names
 from kd_lightning.ablations.grid.store import RunState, RunStore
 from kd_lightning.exceptions import RowError, UserValueError
@@ -92,8 +92,14 @@ def row_for_args(table: Table, swept: dict[str, str], recipe: Optional[Recipe] =
     """The teacher row whose run the agent's sweep values ask for, or None. Values are compared as the CLI's parser
     resolves them (W&B may send 0.0 back as 0, an agent writes 1e-05)."""
     recipe = recipe or Recipe()
-    args = [f"--{key}={value}" for key, value in swept.items()]
-    run = teacher_run(recipe, args, table.space, source=f"sweep arguments {' '.join(args)}")
+    return _row_of(table, recipe, _swept_run(table, recipe, [f"--{key}={value}" for key, value in swept.items()]))
+
+
+def _swept_run(table: Table, recipe: Recipe, args: list[str]) -> TeacherRun:
+    return teacher_run(recipe, args, table.space, source=f"sweep arguments {' '.join(args)}")
+
+
+def _row_of(table: Table, recipe: Recipe, run: TeacherRun) -> Optional[Row]:
     return next((row for row, row_run in table_teachers(recipe, table) if row_run == run), None)
 
 
@@ -109,8 +115,8 @@ def agent_jobs(table: Table, recipe: Recipe, extra: list[str], seed: int) -> tup
     """(teacher row, [teacher job, student job]) of one agent run."""
     swept = parse_swept(extra)
     if len(table.students) == 1:
-        row, student = row_for_args(table, swept, recipe), table.students[0]
-        run = teacher_run(recipe, extra, table.space, source=f"sweep arguments {' '.join(extra)}")
+        run = _swept_run(table, recipe, extra)  # the row's run is resolved once
+        row, student = _row_of(table, recipe, run), table.students[0]
     else:  # `--teacher=<row> --student=<row>`
         teachers = {row.name: (row, run) for row, run in table_teachers(recipe, table)}
         students = {row.name: row for row in table.students}
@@ -167,10 +173,10 @@ def run(ns: argparse.Namespace, extra: list[str]) -> int:
         for job in jobs:
             results = store.results(job) or {}
             summary[f"{job.stage}/status"] = RunState.of(results or None).value
-            summary.update({f"{job.stage}/{metric.replace('/', '_', 1)}{suffix}": section[metric]
-                            for which, suffix in (("last", ""), ("best", "_best"))
-                            for section in [results.get(which) or {}]
-                            for metric in SUMMARY_METRICS if section.get(metric) is not None})
+            for which, suffix in (("last", ""), ("best", "_best")):
+                section = results.get(which) or {}
+                summary.update({f"{job.stage}/{metric.replace('/', '_', 1)}{suffix}": section[metric]
+                                for metric in SUMMARY_METRICS if section.get(metric) is not None})
         wandb_run.log(summary)
         wandb_run.summary.update(summary)
         print(json.dumps(summary, sort_keys=True), flush=True)

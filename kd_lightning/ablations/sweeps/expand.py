@@ -36,9 +36,11 @@ def agent_command(config: dict, params: dict[str, Any]) -> list[str]:
 
     sweep_vars = {**sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}}),
                   "interpreter": [AGENT_INTERPRETER], "program": [config["program"]], "env": [AGENT_ENV]}
-    command = map(str, sweep_utils.create_sweep_command(list(config.get("command") or []) or None))
-    return [word for chunk in command for word in (
-        sweep_vars.get(chunk[2:-1]) or [] if chunk.startswith("${") and chunk.endswith("}") else [chunk])]
+    argv: list[str] = []
+    for chunk in map(str, sweep_utils.create_sweep_command(list(config.get("command") or []) or None)):
+        is_macro = chunk.startswith("${") and chunk.endswith("}")
+        argv += (sweep_vars.get(chunk[2:-1]) or []) if is_macro else [chunk]
+    return argv
 
 
 def expand(config: dict) -> tuple[str, list[list[str]]]:
