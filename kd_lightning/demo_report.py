@@ -9,8 +9,8 @@ from typing import Optional
 from kd_lightning.ablations.grid.recipe import Recipe
 from kd_lightning.ablations.grid.runs import Job, alone_job, student_job, teacher_job, teacher_run
 from kd_lightning.ablations.grid.spec import card_row
-from kd_lightning.ablations.report.stats import LEGEND, paired, spread
 from kd_lightning.distillation.registry import method_cards
+from kd_lightning.stats import LEGEND, paired, spread
 
 CE_TEACHER, INTRA_TEACHER, KD, OURS, ALONE = "ce_teacher", "intra_teacher", "kd_student", "ours_student", "alone"
 #: The five roles, in table order, with their row labels.

@@ -630,8 +630,10 @@ def test_readme_is_a_first_hour_read():
 
 
 def test_development_tree_matches_the_package():
-    """docs/development.md lists every file of kd_lightning/ablations/, one line each, and no file that is gone."""
+    """docs/development.md lists every file of kd_lightning/ablations/ and kd_lightning/sweeps/, one line each, and no
+    file that is gone."""
     text = (ROOT / "docs" / "development.md").read_text()
-    listed = set(re.findall(r"^(kd_lightning/ablations/\S+\.py) ", text, flags=re.M))
-    present = {p.relative_to(ROOT).as_posix() for p in (ROOT / "kd_lightning" / "ablations").rglob("*.py")}
+    listed = set(re.findall(r"^(kd_lightning/(?:ablations|sweeps)/\S+\.py) ", text, flags=re.M))
+    present = {p.relative_to(ROOT).as_posix() for package in ("ablations", "sweeps")
+               for p in (ROOT / "kd_lightning" / package).rglob("*.py")}
     assert listed == present, (sorted(present - listed), sorted(listed - present))

@@ -1,12 +1,12 @@
-"""Power, detectable effect and seeds needed (ablations/report/stats.py: statsmodels' TTestPower), against values computed independently: the t
+"""Power, detectable effect and seeds needed (kd_lightning/stats.py: statsmodels' TTestPower), against values computed independently: the t
 quantiles printed in statistics tables, G*Power / R pwr.t.test results, and a simulation of the test itself."""
 import math
 
 import numpy as np
 import pytest
 
-from kd_lightning.ablations.report import stats
-from kd_lightning.ablations.report import stats as power
+from kd_lightning import stats
+from kd_lightning import stats as power  # the module's power() beside its other functions
 
 
 def test_t_quantiles_are_the_printed_ones_including_beyond_30_df():

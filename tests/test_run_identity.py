@@ -118,7 +118,7 @@ def test_no_yaml_merging_left_in_the_table_code():
 
 # --- one GPU means one GPU --------------------------------------------------------------------------------------------
 def test_devices_default_to_one_process():
-    from kd_lightning.ablations.grid.identity import resolve
+    from kd_lightning.fit_parser import resolve
 
     plain = resolve(["--model=kd_lightning.modules.TeacherModule", "--data=kd_lightning.data.SyntheticDataModule"],
                     "test")
@@ -131,7 +131,7 @@ def test_devices_default_to_one_process():
 # --- a new option with its default value changes no run's identity ----------------------------------------------
 def test_a_new_option_at_its_default_keeps_every_identity(monkeypatch):
     from kd_lightning import identity as core
-    from kd_lightning.ablations.grid.identity import _fit_defaults, resolve
+    from kd_lightning.fit_parser import fit_defaults as _fit_defaults, resolve
 
     ns = resolve(["--config", "configs/demo/data.yaml", "--config", "configs/demo/teacher.yaml"], "test")
     before = core.digest(core.canonical(ns, _fit_defaults))

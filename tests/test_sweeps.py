@@ -16,8 +16,8 @@ import yaml
 
 from kd_lightning.ablations.grid import recipe, runs, spec
 from kd_lightning.ablations.grid.store import RunStore
-from kd_lightning.ablations.sweeps import agent as sweep, expand as sweep_expand
 from kd_lightning.distillation.registry import method_cards
+from kd_lightning.sweeps import agent as sweep, expand as sweep_expand
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,12 +18,12 @@ from typing import Optional
 import pytest
 
 from kd_lightning.ablations.__main__ import main as ablations_main
-from kd_lightning.ablations.grid import identity, local as runner, recipe, runs, spec
+from kd_lightning import identity, stats
+from kd_lightning.ablations.grid import local as runner, recipe, runs, spec
 from kd_lightning.ablations.grid.store import RESULTS_FILE, RunState, RunStore, read_json
-from kd_lightning.ablations.report import stats
 from kd_lightning.ablations.report.tables import build
-from kd_lightning.ablations.sweeps import agent as sweep
 from kd_lightning.exceptions import StaleRunError
+from kd_lightning.sweeps import agent as sweep
 from kd_lightning.utils import run_lock as run_lock_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,8 +86,9 @@ def test_row_errors_are_clear(tmp_path):
 
 
 def test_rows_of_the_three_tables_resolve_to_ten_distinct_teachers():
-    names = {tid: [run.name for _, run in runs.table_teachers(PROXY, spec.table_of_id(tid))]
-             for tid in ("margin", "contrastive", "lambda", "margin-logit")}
+    names = {spec.load_table(name, space).id: [run.name for _, run in runs.table_teachers(
+        PROXY, spec.load_table(name, space))] for name, space in (("margin", "prob"), ("contrastive", "prob"),
+                                                                  ("lambda", "prob"), ("margin", "logit"))}
     assert names["margin"] == ["gate_delta=0.1", "paper", "gate_delta=1.0", "gate_delta=null", "plain_ce"]
     assert names["contrastive"] == ["paper", "objective=InterClassContrastive", "objective=SelfSupervisedContrastive",
                                     "plain_ce"]

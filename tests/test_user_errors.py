@@ -151,7 +151,7 @@ def test_under_ddp_a_bad_value_is_reported_by_rank_zero_only(monkeypatch, capsys
 
 # --- one module of exception classes ----------------------------------------------------------------------------
 #: Private signals that their own module raises and catches; no user ever sees them.
-INTERNAL_SIGNALS = {"kd_lightning.utils.run_lock.RunBusy", "kd_lightning.ablations.grid.identity._ParserBuilt"}
+INTERNAL_SIGNALS = {"kd_lightning.utils.run_lock.RunBusy", "kd_lightning.fit_parser._ParserBuilt"}
 
 
 def test_every_exception_class_lives_in_exceptions_py():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from kd_lightning.ablations.grid import slurm
-from kd_lightning.ablations.grid.local import gpu_slots, run_jobs, visible_gpus
+from kd_lightning.ablations.grid.local import run_jobs
 from kd_lightning.ablations.grid.migrate import migrate
 from kd_lightning.ablations.grid.recipe import Recipe, add_recipe_options, recipe_of
 from kd_lightning.ablations.grid.runs import grid_jobs, unique
@@ -21,7 +21,7 @@ from kd_lightning.ablations.grid.spec import ABLATIONS, MARGIN_SPACES, ROOT, Tab
 from kd_lightning.ablations.grid.store import RunStore
 from kd_lightning.ablations.report import seeds_needed
 from kd_lightning.ablations.report.tables import build
-from kd_lightning.ablations.sweeps import agent, expand
+from kd_lightning.sweeps import agent, expand
 from kd_lightning.error_report import report_user_errors
 from kd_lightning.exceptions import UserValueError
 
@@ -88,12 +88,7 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("old", help="the old runs folder (<data>/<teacher run>/seed<k>/<stage>)")
             continue
         if name == "sweep":
-            sub.add_argument("--write", action="store_true", help="write configs/sweeps/<table>.yaml from the tables "
-                             "(with --data, --pair, --epochs, --devices, --args fixed in their command)")
-            sub.add_argument("--table", help="the table of the agent's run")
-            sub.add_argument("--seed_everything", type=int, default=0)
-            sub.add_argument("--print_config", nargs="?", const="both", choices=("teacher", "student", "both"),
-                             help="print the teacher's and the student's configs (or one of them), run nothing")
+            agent.add_options(sub)
         else:
             sub.add_argument("tables", nargs="+" if name != "seeds-needed" else "*", default=["all"],
                              help=" | ".join(table_names()) + " | all")
@@ -159,7 +154,6 @@ def _run(ns: argparse.Namespace, extra: list[str]) -> int:
         if ns.dry_run or not ns.wait:  # nothing submitted, or submitted: the runs are still to train
             return 0
         return max(build_all(tables, recipe, ns.seeds, store, out, Path(ns.ablations)), 0 if finished else 1)
-    gpu_slots(ns.jobs, recipe.devices, visible_gpus())  # JOBS x DEVICES must fit the box before anything runs
     for done, (seed, jobs) in enumerate(jobs_by_seed.items(), 1):  # seed by seed: the tables fill up as seeds finish
         print(f"[ablations] seed {seed}: {len(jobs)} runs for {', '.join(t.id for t in tables)} "
               f"({sum(j.stage == 'teacher' for j in jobs)} teachers)", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+from collections import Counter
 from pathlib import Path
 
 # torch is imported inside the functions that need it: the ablation runner and the demo read usable_cpus() without it.
@@ -55,6 +56,15 @@ def usable_cpus() -> int:
     return max(1, cpus)
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand out: CUDA_VISIBLE_DEVICES when set, else every GPU torch sees."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 def cpu_kernels() -> str:
     """The instruction set torch's ATen dispatch uses (e.g. "AVX512", "AVX2", "DEFAULT"), plus the kernel env if set."""
     import torch
@@ -75,3 +85,18 @@ def describe_hardware(accelerator: str, devices: int) -> str:
         return f"{devices} x {torch.cuda.get_device_name(0)}"
     return (f"CPU: {cpu_model()}, kernels {cpu_kernels()}, {torch.get_num_threads()} threads, "
             f"{devices} process{'es' if devices > 1 else ''}")
+
+
+def describe_machine() -> str:
+    """This machine, for a table whose runs did not record theirs: CPU model, kernels, the threads this process may
+    use, and its GPUs ("; GPUs: NVIDIA H100 80GB HBM3" or "; no GPU")."""
+    text = f"{cpu_model()}, kernels {cpu_kernels()}, {usable_cpus()} threads available"
+    try:
+        from torch import cuda
+
+        gpus = sorted(Counter(cuda.get_device_name(i) for i in range(cuda.device_count())).items())
+    except Exception:  # noqa: BLE001 - a broken CUDA install must not stop the table
+        return text
+    if not gpus:
+        return text + "; no GPU"
+    return text + "; GPUs: " + (gpus[0][0] if len(gpus) == 1 else ", ".join(f"{name} ({n})" for name, n in gpus))

@@ -13,13 +13,13 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from kd_lightning.ablations.grid.identity import identity
 from kd_lightning.ablations.grid.recipe import Recipe, fit_args
 from kd_lightning.ablations.grid.runs import Job
 from kd_lightning.ablations.grid.spec import ROOT
 from kd_lightning.ablations.grid.store import LOG_FILE, RunState, RunStore
 from kd_lightning.exceptions import UserValueError
-from kd_lightning.utils.hardware import usable_cpus
+from kd_lightning.identity import identity
+from kd_lightning.utils.hardware import usable_cpus, visible_gpus
 from kd_lightning.utils.run_lock import HELD_BY_PARENT_ENV, LOCK_FILE, RunBusy, run_lock
 
 #: Set by `wandb agent` for its own run: the runs started here must not attach to it.
@@ -36,15 +36,6 @@ Launch = Callable[[list[str], dict[str, str], Path, str, Optional[int]], int]
 def say(message: str) -> None:
     with _print_lock:
         print(message, flush=True)
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may hand out: CUDA_VISIBLE_DEVICES when set, else every GPU torch sees."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def gpu_slots(parallel: int, devices: Optional[str], gpus: Sequence[str]) -> list[Optional[list[str]]]:
@@ -110,7 +101,7 @@ def job_command(job: Job, recipe: Recipe, store: RunStore, resume: bool = False)
 
 
 def expected_identity(job: Job, recipe: Recipe, store: RunStore) -> dict:
-    """The job's canonical resolved config (identity.py); bad input raises RowError naming the run."""
+    """The job's canonical resolved config (kd_lightning/identity.py); bad input raises RowError naming the run."""
     return identity(fit_args(job_command(job, recipe, store)), f"run {job.key}")
 
 

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from kd_lightning.ablations.grid.identity import identity, seedless_identity
 from kd_lightning.ablations.grid.recipe import Recipe, fit_args
 from kd_lightning.ablations.grid.spec import ROOT, Row, Table, rel
 from kd_lightning.ablations.grid.store import relative_dir
-from kd_lightning.identity import digest
+from kd_lightning.identity import digest, identity, seedless_identity
 
 PAPER = "paper"
 PLAIN_CE = "plain_ce"

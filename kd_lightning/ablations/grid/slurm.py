@@ -131,16 +131,19 @@ def slurm_job(job: Job, recipe: Recipe, runs: Path) -> str:
     return "requeued"
 
 
-def queue() -> dict[str, str]:
-    """{job id: "pending" | "running"} of every job Slurm still has queued or running (squeue)."""
+def queue(reasons: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """{job id: "pending" | "running"} of every job Slurm still has queued or running (squeue); `reasons` gets each
+    one's reason (squeue's %r)."""
     if shutil.which("squeue") is None:
         raise UserValueError("LAUNCHER=slurm needs Slurm's commands (squeue, sbatch) on PATH; none found here")
-    proc = subprocess.run(["squeue", "-h", "-o", "%i|%T"], capture_output=True, text=True)
+    proc = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserValueError(f"squeue failed ({proc.stderr.strip() or proc.returncode}): is Slurm reachable "
                              f"from here (SLURM_CONF={os.environ.get('SLURM_CONF', '')})?")
-    rows = (line.strip().partition("|") for line in proc.stdout.splitlines())
-    return {job_id: QUEUED[state] for job_id, _, state in rows if state in QUEUED}
+    rows = [line.strip().split("|", 2) for line in proc.stdout.splitlines() if line.count("|") >= 2]
+    if reasons is not None:
+        reasons.update((job_id, reason) for job_id, _, reason in rows)
+    return {job_id: QUEUED[state] for job_id, state, _ in rows if state in QUEUED}
 
 
 def run_status(job: Job, store: RunStore, queued: dict[str, str]) -> tuple[str, str]:
@@ -208,11 +211,11 @@ def wait_grid(job_ids: list[str], poll_s: float = 5.0, jobs: Optional[dict[str, 
     ({job id: job}, read in `store`) has failed; returns False then."""
     left = set(job_ids)
     while left:
-        left &= set(queue())
+        reasons: dict[str, str] = {}
+        left &= set(queue(reasons))
         # Slurm holds a requeued job back for about two minutes (its BeginTime): the grid waited for starts at once.
-        listing = subprocess.run(["squeue", "-h", "-o", "%i|%r"], capture_output=True, text=True).stdout
-        for job_id, _, reason in (line.partition("|") for line in listing.split()):
-            if job_id in left and reason == "BeginTime":
+        for job_id in left:
+            if reasons.get(job_id) == "BeginTime":
                 subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True)
         for job_id, job in (jobs or {}).items():
             if job_id not in left and store is not None and store.state(job) == RunState.FAILED:

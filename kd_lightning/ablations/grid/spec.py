@@ -9,8 +9,8 @@ from typing import Union
 
 from jsonargparse import ArgumentParser
 
-from kd_lightning.ablations.grid.identity import summary
 from kd_lightning.exceptions import RowError, UserValueError
+from kd_lightning.fit_parser import summary
 
 # configs/ lives at $KD_LIGHTNING_ROOT, else in the checkout holding this package (an editable install), else in the
 # current directory (a `pip install`ed package run from a checkout of the configs).
@@ -128,12 +128,6 @@ def tables_of(names: list[str], space: str = "prob", root: Path | str = ABLATION
     if unknown:
         raise UserValueError(f"unknown table {unknown[0]!r}; the tables are {', '.join(known)} (or all)")
     return [load_table(name, space, root) for name in names]
-
-
-def table_of_id(tid: str, root: Path | str = ABLATIONS) -> Table:
-    """The table a results file id names (`margin`, `margin-logit`)."""
-    name, _, space = tid.partition("-")
-    return load_table(name, space or MARGIN_SPACES[0], root)
 
 
 def rel(path: Path) -> str:

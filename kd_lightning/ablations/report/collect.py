@@ -16,7 +16,7 @@ from kd_lightning.ablations.grid.recipe import Recipe
 from kd_lightning.ablations.grid.runs import PLAIN_CE, table_jobs, table_teachers
 from kd_lightning.ablations.grid.spec import Row, Table, tables_of
 from kd_lightning.ablations.grid.store import RunState, RunStore
-from kd_lightning.ablations.report.stats import PairedDifference, paired
+from kd_lightning.stats import PairedDifference, paired
 
 STAGES = ("teacher", "student")
 #: A stage's status over its seeds: complete, or the worst state among them.

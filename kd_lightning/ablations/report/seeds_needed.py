@@ -10,9 +10,9 @@ from kd_lightning.ablations.grid.recipe import Recipe
 from kd_lightning.ablations.grid.spec import ABLATIONS, Table
 from kd_lightning.ablations.grid.store import RunStore, seed_folders
 from kd_lightning.ablations.report.collect import collect, difference, table_rows
-from kd_lightning.ablations.report.stats import MAX_SEEDS, POWER, seeds_needed
 from kd_lightning.ablations.report.tables import DIFFERENCES
 from kd_lightning.exceptions import UserValueError
+from kd_lightning.stats import MAX_SEEDS, POWER, seeds_needed
 
 
 def report(tables: list[Table], recipe: Recipe, store: RunStore, effect: float, seeds: Optional[list[int]] = None,

@@ -21,10 +21,10 @@ from kd_lightning.ablations.grid.spec import ABLATIONS, Table
 from kd_lightning.ablations.grid.store import RunStore
 from kd_lightning.ablations.report.collect import STAGES, collect, difference, gates, table_rows
 from kd_lightning.ablations.report.plot import plot
-from kd_lightning.ablations.report.stats import LEGEND, spread
 from kd_lightning.distillation.registry import baselines
+from kd_lightning.stats import LEGEND, spread
 from kd_lightning.utils.atomic import atomic_write_bytes, atomic_write_text
-from kd_lightning.utils.hardware import cpu_kernels, cpu_model, usable_cpus
+from kd_lightning.utils.hardware import describe_machine
 
 #: The CSV's metrics per stage (<stage>_<name>_mean, _std, _n): a name ending in _last or _best is that section's test
 #: metric (test_acc_best: collect's best/test/acc), any other the last epoch's train metric (gate_open: last/train/...).
@@ -94,19 +94,6 @@ def _counts(values) -> str:
     return ", ".join(f"{value} ({n} runs)" for value, n in counts)
 
 
-def hardware_now() -> str:
-    """The machine building the table: CPU model, its kernel set, the threads this process may use, and GPUs."""
-    text = f"{cpu_model()}, kernels {cpu_kernels()}, {usable_cpus()} threads available"
-    try:
-        from torch import cuda
-
-        gpus = [cuda.get_device_name(i) for i in range(cuda.device_count())] if cuda.is_available() else []
-        text += "; GPUs: " + _counts(gpus).replace(" runs)", ")") if gpus else "; no GPU"
-    except Exception:  # noqa: BLE001 - a broken CUDA install must not stop the table
-        pass
-    return text
-
-
 def settings(frame: pd.DataFrame, table: Table, data: str, seeds: list[int], want_pair: Optional[str],
              want_epochs: dict[str, Optional[int]]) -> tuple[list[tuple[str, str]], list[str]]:
     """The table's header lines and its warnings. Every run counts once: rows share runs (Table D's rows share its two
@@ -131,7 +118,7 @@ def settings(frame: pd.DataFrame, table: Table, data: str, seeds: list[int], wan
             warnings.append(f"PAIR={want_pair} was asked for but the runs use {pair_t} -> {pair_s}: {never}")
     hardware = _counts(h for h in runs.hardware if h)
     if hardware == "unknown":
-        hardware = hardware_now() + " (read when this table was built; results.json does not record it)"
+        hardware = describe_machine() + " (read when this table was built; results.json does not record it)"
     synthetic = " — the CPU synthetic proxy, not a paper number" if data == "synthetic" else ""
     lines = [
         ("table", table.title + (f" ({table.heading[len(table.title) + 2:]})" if table.margin_space else "")),

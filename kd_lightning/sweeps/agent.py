@@ -128,6 +128,16 @@ def agent_jobs(table: Table, recipe: Recipe, extra: list[str], seed: int) -> tup
     return row, [teacher, student_job(recipe, teacher, seed, student)]
 
 
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The `sweep` command's own options (the recipe's and --seeds, --margin_space, --out are the runner's)."""
+    parser.add_argument("--write", action="store_true", help="write configs/sweeps/<table>.yaml from the tables "
+                        "(with --data, --pair, --epochs, --devices, --args fixed in their command)")
+    parser.add_argument("--table", help="the table of the agent's run")
+    parser.add_argument("--seed_everything", type=int, default=0)
+    parser.add_argument("--print_config", nargs="?", const="both", choices=("teacher", "student", "both"),
+                        help="print the teacher's and the student's configs (or one of them), run nothing")
+
+
 def main(argv: list[str]) -> int:
     from kd_lightning.ablations.__main__ import main
 
