@@ -22,27 +22,28 @@ class _ParserBuilt(Exception):
 
 
 @functools.lru_cache(maxsize=1)
-def fit_parser() -> Any:
-    """The CLI's own parser (KDLightningCLI's, with its links and defaults), built once per process."""
+def _cli() -> Any:
+    """KDLightningCLI with its parsers built (links and defaults) and nothing parsed or instantiated, once per process.
+    Its subcommand parsers raise ArgumentError instead of printing the usage and exiting."""
     from kd_lightning.cli import KDLightningCLI
 
     class _ParserOnly(KDLightningCLI):
         def parse_arguments(self, parser: Any, args: Any) -> None:
-            raise _ParserBuilt(parser)  # stop before parsing sys.argv and instantiating anything
+            raise _ParserBuilt(self)  # stop before parsing sys.argv and instantiating anything
 
     try:
         _ParserOnly(args=[])
     except _ParserBuilt as built:
-        parser = built.args[0]
-    # Raise ArgumentError instead of printing the usage and exiting.
-    for each in (parser, *parser._subcommands_action._name_parser_map.values()):
-        each.exit_on_error = False
-    return parser
+        cli = built.args[0]
+    cli.parser.exit_on_error = cli._parser("fit").exit_on_error = False
+    return cli
 
 
 @functools.lru_cache(maxsize=1)
 def fit_defaults() -> dict:
-    return defaults_of(fit_parser()._subcommands_action._name_parser_map["fit"])
+    # LightningCLI._parser (private; the one cli.py uses too, tested with pytorch-lightning 2.6.x: tests/test_cli.py
+    # fails when it disappears) is the subcommand's own parser, whose defaults are the fit options'.
+    return defaults_of(_cli()._parser("fit"))
 
 
 def summary(message: str) -> str:
@@ -67,7 +68,7 @@ def summary(message: str) -> str:
 @functools.lru_cache(maxsize=1024)
 def _parse(args: tuple[str, ...]) -> Any:
     check_config_files(list(args))  # a file that is not YAML: named with its line (ConfigFileError)
-    return fit_parser().parse_args(["fit", *args]).fit
+    return _cli().parser.parse_args(["fit", *args]).fit
 
 
 def resolve(args: Iterable[str], source: str) -> Any:

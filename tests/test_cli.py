@@ -120,7 +120,8 @@ def test_rerun_into_existing_run_dir_is_refused_and_a_resume_continues_the_wandb
 
 def test_no_private_lightning_cli_method_is_overridden_and_the_private_one_used_exists():
     """cli.py extends LightningCLI through its public hooks (parse_arguments, before_instantiate_classes,
-    before_fit/after_fit, the constructor); the one private name it calls must still exist."""
+    before_fit/after_fit, the constructor); the private names it and kd_lightning/fit_parser.py call must still
+    exist."""
     from pytorch_lightning.cli import LightningCLI
 
     from kd_lightning.cli import KDLightningCLI
@@ -129,3 +130,4 @@ def test_no_private_lightning_cli_method_is_overridden_and_the_private_one_used_
                if name.startswith("_") and not name.startswith("__") and hasattr(LightningCLI, name)]
     assert private == [], f"KDLightningCLI overrides LightningCLI's private {private}"
     assert callable(getattr(LightningCLI, "_dump_config", None)), "LightningCLI._dump_config is gone: see before_fit"
+    assert callable(getattr(LightningCLI, "_parser", None)), "LightningCLI._parser is gone: see before_fit, fit_parser"
