@@ -24,7 +24,7 @@ class _ParserBuilt(Exception):
 @functools.lru_cache(maxsize=1)
 def _cli() -> Any:
     """KDLightningCLI with its parsers built (links and defaults) and nothing parsed or instantiated, once per process.
-    Its subcommand parsers raise ArgumentError instead of printing the usage and exiting."""
+    Its root and fit parsers raise ArgumentError instead of printing the usage and exiting."""
     from kd_lightning.cli import KDLightningCLI
 
     class _ParserOnly(KDLightningCLI):
