@@ -1,4 +1,4 @@
-"""The embedding geometry (D_intra, D_inter, R) and the soft-label / view metrics (METHOD.md 8) pinned to naive loops:
+"""The embedding geometry (D_intra, D_inter, R) and the soft-label / view metrics (docs/method.md §8) pinned to naive loops:
 on random embeddings (an absent class, several update() calls), through one `trainer.test`, and under 2-process DDP
 (`kd-lightning test --trainer.devices=2 --trainer.strategy=ddp`), where every rank must report the metric of the
 WHOLE test set. The recomputation starts from what the module fed its metrics (tests/geometry_probe.py)."""

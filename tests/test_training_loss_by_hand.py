@@ -1,5 +1,5 @@
-"""One batch, by hand: the loss the module's real training_step returns (and logs) equals the formula of METHOD.md
-3-5 written out here with python loops in float64, from the same network outputs (the backbone is pinned
+"""One batch, by hand: the loss the module's real training_step returns (and logs) equals the formula of docs/method.md
+§3-5 written out here with python loops in float64, from the same network outputs (the backbone is pinned
 elsewhere): the teacher's CE on both views, the gate from the same rows, the intra-class term over the batch and a
 pre-filled memory, then the memory enqueue of the first views AFTER the step; the student's α·CE + β·ramp·KD + RKD
 with the teacher on the same images. training_step is called directly with `log_dict` hooked to record what it logs.
@@ -90,7 +90,7 @@ def test_teacher_loss_gate_and_memory_of_one_batch_by_hand():
 
 
 def naive_distillation(method: str, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> float:
-    """The distillation term by hand (METHOD.md 5), each from its own naive loop."""
+    """The distillation term by hand (docs/method.md §5), each from its own naive loop."""
     if method == "kd":  # T² · KL(p_t || p_s), T = 4
         return naive_kd(student, teacher, 4.0)
     if method == "dkd":  # α·TCKD + β·NCKD, α 1, β 8, T 4
@@ -108,7 +108,7 @@ METHODS = {"kd": KDLoss(temperature=4.0), "dkd": DKDLoss(alpha=1.0, beta=8.0, te
 def test_student_loss_of_one_batch_by_hand(trained_teacher: Path, monkeypatch, method: str, warmup: int,
                                            epoch: int):
     """α·CE + β·ramp·distill + RKD (distance 25, angle 50), the teacher run on the same images; the ramp of the
-    epoch's start, (epoch + 1) / warmup (linear, METHOD.md 5)."""
+    epoch's start, (epoch + 1) / warmup (linear, docs/method.md §5)."""
     torch.manual_seed(0)
     module = StudentModule(backbone="resnet8", num_classes=C, ce_weight=0.3, kd_weight=0.6,
                            distillation=copy.deepcopy(METHODS[method]), distillation_warmup_epochs=warmup,

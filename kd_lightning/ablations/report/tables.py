@@ -259,7 +259,7 @@ def published_section(frame: pd.DataFrame, rows: pd.DataFrame, data: str, studen
                      "published epoch", "source"], lines)
     out += ["", "Ours: the best-epoch weights' test accuracy (highest val/acc), mean ± sample std over seeds; the "
             "published figures are the best test accuracy over training where the source says so "
-            "(\"published epoch\"). Our recipe is this framework's (METHOD.md), not the source's code: a difference "
+            "(\"published epoch\"). Our recipe is this framework's (docs/method.md), not the source's code: a difference "
             "of a few tenths is within the run-to-run spread the sources report."]
     return out + [f"Differs from the paper: {note}." for note in sorted(notes)] + [""]
 
