@@ -16,7 +16,7 @@ import contextlib
 import os
 import signal
 import sys
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -77,6 +77,19 @@ def report_user_errors(prog: str = "kd-lightning", code: int = 1) -> Iterator[No
         elif not isinstance(cause, SAME_ON_EVERY_RANK):
             sys.stderr.write(f"{prog}: error (process of rank {rank}): {message}\n")
         sys.exit(code)
+
+
+def run_command(prog: str, command: Callable[[], int]) -> int:
+    """The exit code of a table or sweep command: a user's mistake is one line and code 2 (report_user_errors), Ctrl-C
+    the line saying that the same command resumes, and 130."""
+    try:
+        with report_user_errors(prog, code=2):
+            return command()
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; run the same command again to resume\n")
+        return 130
 
 
 def user_message(err: BaseException) -> str:

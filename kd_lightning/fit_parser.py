@@ -1,6 +1,7 @@
 """The CLI's own parser, offline: `kd-lightning fit ARGS` resolved as the CLI resolves it (its links, defaults and
-types, so `5e-2` is 0.05) with nothing instantiated or run, for the table runner's rows, sweep values and recipes.
-Bad input is one RowError naming its source and key."""
+types, so `5e-2` is 0.05) with nothing instantiated or run, for the table runner's rows, sweep values and recipes,
+and the run identity of what they resolve to (identity.py says what counts). Bad input is one RowError naming its
+source and key."""
 from __future__ import annotations
 
 import functools
@@ -9,7 +10,7 @@ from argparse import ArgumentError
 from typing import Any, Iterable
 
 from kd_lightning.exceptions import KDLightningError, RowError
-from kd_lightning.identity import defaults_of
+from kd_lightning.identity import canonical, defaults_of, run_identity
 from kd_lightning.utils.config_files import check_config_files
 
 #: Arguments stripped before parsing (their keys are VOLATILE), so that runs differing only in them share a parse.
@@ -82,3 +83,26 @@ def resolve(args: Iterable[str], source: str) -> Any:
         raise
     except KDLightningError as err:
         raise RowError(f"{source}: {err}") from None
+
+
+def identity(args: Iterable[str], source: str) -> dict:
+    """The canonical resolved config of `kd-lightning fit ARGS`: equal for two commands exactly when they train
+    the same run, whichever way they spell it; bad input raises RowError naming `source`."""
+    return canonical(resolve(args, source), fit_defaults)
+
+
+def seedless_identity(args: Iterable[str], source: str) -> dict:
+    """identity() without the seed: what the run folder's hash is of."""
+    return run_identity(resolve(args, source), fit_defaults)
+
+
+def differences(expected: dict, found: dict, prefix: str = "") -> list[str]:
+    """`key: found -> expected` for every leaf that differs."""
+    out = []
+    for key in sorted(set(expected) | set(found)):
+        a, b = expected.get(key), found.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {b!r} -> {a!r}")
+    return out

@@ -6,7 +6,7 @@ know (KNOWN_KEYS, identity_v1_keys.json: every key of the fit parser and of the 
 introduced, frozen) counts only when its value differs from its default: a new option, Trainer argument or
 constructor argument with its default leaves every existing run's identity (and folder) as it was.
 
-identity() gives it for `kd-lightning fit ARGS`, resolved by the CLI's own parser offline (fit_parser.py).
+fit_parser.identity() gives it for `kd-lightning fit ARGS`, resolved by the CLI's own parser offline.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import hashlib
 import importlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from kd_lightning.utils.world_size import sync_batchnorm_applies, world_size
 
@@ -138,29 +138,3 @@ def digest(config: dict) -> str:
     """The short hash of a canonical identity (the run folder's suffix and results.json's config_digest)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
-
-def identity(args: Iterable[str], source: str) -> dict:
-    """The canonical resolved config of `kd-lightning fit ARGS`: equal for two commands exactly when they train
-    the same run, whichever way they spell it; bad input raises RowError naming `source`."""
-    from kd_lightning.fit_parser import fit_defaults, resolve  # it builds the CLI, which imports this module
-
-    return canonical(resolve(args, source), fit_defaults)
-
-
-def seedless_identity(args: Iterable[str], source: str) -> dict:
-    """identity() without the seed: what the run folder's hash is of."""
-    from kd_lightning.fit_parser import fit_defaults, resolve
-
-    return run_identity(resolve(args, source), fit_defaults)
-
-
-def differences(expected: dict, found: dict, prefix: str = "") -> list[str]:
-    """`key: found -> expected` for every leaf that differs."""
-    out = []
-    for key in sorted(set(expected) | set(found)):
-        a, b = expected.get(key), found.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {b!r} -> {a!r}")
-    return out

@@ -77,7 +77,7 @@ tables-status: install ## One line per run: complete, pending/running (Slurm job
 	$(ABLATE) status $(STATUS) --seeds $(SEEDS) --margin_space $(MARGIN_SPACE) $(RECIPE)
 
 sweeps: install ## Regenerate configs/sweeps/<table>.yaml (W&B sweeps) from the table rows
-	$(ABLATE) sweep --write
+	$(PY) -m kd_lightning.sweeps --write
 
 # The committed proxy (README): the demo and Tables A-C with 5 seeds, seed by seed, in results/proxy-runs/ (only
 # results.json, recipe.json and config.yaml of each run are committed; checkpoints and logs are git-ignored). It

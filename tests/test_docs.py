@@ -9,8 +9,8 @@ whose first word is a program of ours or a known launcher, and each inline `code
   trained; in-process because one CLI subprocess costs ~10 s here), or run with `--help` forms as written (every
   `--model.help X` in a fresh process, as a user's shell runs it);
 - `make X ...`: `make -n` exits 0, and the ablations command it would run passes with `--dry-run`;
-- `python -m kd_lightning.ablations run|build ...`: with `--dry-run`; `expand` as written; `sweep --write` into a
-  temporary folder;
+- `python -m kd_lightning.ablations run|build ...`: with `--dry-run`; `python -m kd_lightning.sweeps.expand` as
+  written; `python -m kd_lightning.sweeps --write` into a temporary folder;
 - a dotted flag in prose: appended to the teacher's, else the student's, base command and parsed;
 - every repository path named in the docs (`configs/...`, `docs/...`, `kd_lightning/...`, links) exists;
 - every default in docs/configuration.md's argument tables equals the class signature's, and `Name(key=value)` defaults in
@@ -192,10 +192,10 @@ def kd_argv(text: str) -> list[str] | None:
     return None
 
 
-def ablations_argv(text: str) -> list[str] | None:
+def ablations_argv(text: str, module: str = "kd_lightning.ablations") -> list[str] | None:
     words = shlex.split(text)
     for k in range(len(words) - 2):
-        if words[k + 1:k + 3] == ["-m", "kd_lightning.ablations"]:
+        if words[k + 1:k + 3] == ["-m", module]:
             return words[k + 3:]
     return None
 
@@ -246,18 +246,26 @@ _DRY_RUNS: dict[tuple[str, ...], tuple[int, str]] = {}
 def check(cmd: Command, tmp: Path) -> str:
     """'' when the command works as far as it can without training, else what failed."""
     from kd_lightning.ablations.__main__ import main as ablations_main
+    from kd_lightning.sweeps import expand
+    from kd_lightning.sweeps.__main__ import main as sweeps_main
 
     for text in _alternatives(cmd.text):
         abl = ablations_argv(text)
-        if abl is not None:
+        sweeps = ablations_argv(text, "kd_lightning.sweeps")
+        files = ablations_argv(text, "kd_lightning.sweeps.expand")
+        if sweeps is not None:
+            if "--write" in sweeps:
+                sweeps = [w for w in sweeps if not w.startswith("--out")] + [f"--out={tmp / 'sweeps'}"]
+            elif "--help" not in sweeps:
+                continue  # the W&B agent's program: run by `wandb agent`; test_sweeps.py checks its commands
+            code, out = run_in_process(sweeps_main, sweeps)
+        elif files is not None:
+            code, out = run_in_process(expand.main, files)
+        elif abl is not None:
             if len(abl) == 1:  # `python -m kd_lightning.ablations run`: the subcommand named, its help
                 abl = [*abl, "--help"]
             elif abl[:1] in (["run"], ["build"]) and "--help" not in abl:
                 abl = [*abl, "--dry-run"]
-            elif abl[:1] == ["sweep"] and "--write" in abl:
-                abl = [w for w in abl if not w.startswith("--out")] + [f"--out={tmp / 'sweeps'}"]
-            elif abl[:1] == ["sweep"] and "--help" not in abl:
-                continue  # the W&B agent's program: run by `wandb agent`; test_sweeps.py checks its commands
             code, out = run_in_process(ablations_main, abl)
             if abl[0] == "build" and code == 1 and "nothing built" in out:
                 code = 0  # parsed and resolved every row; a clean clone has no runs to build from

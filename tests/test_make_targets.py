@@ -65,7 +65,7 @@ OTHER_TARGETS = {
     "proxy": ([], ["--out 'results/proxy'", "--runs 'results/proxy-runs'", "for seed in 0 1 2 3 4"]),
     "proxy-students": ([], ["run students --seeds 0 1 2", "--runs 'results/proxy-runs-students'",
                             "--out 'results/proxy'"]),
-    "sweeps": ([], ["-m kd_lightning.ablations sweep --write"]),
+    "sweeps": ([], ["-m kd_lightning.sweeps --write"]),
     "seeds-needed": (["EFFECT=0.7", "DATA=cifar100"], ["seeds-needed all --effect '0.7'", "--data 'cifar100'"]),
     "tables-status": (["STATUS=margin", "SEEDS=0 1", "DATA=cifar100", "RUNS=out/runs"],
                       ["-m kd_lightning.ablations status margin --seeds 0 1", "--data='cifar100'", "--runs='out/runs'"]),

@@ -18,6 +18,7 @@ from kd_lightning.ablations.grid import recipe, runs, spec
 from kd_lightning.ablations.grid.store import RunStore
 from kd_lightning.distillation.registry import method_cards
 from kd_lightning.sweeps import agent as sweep, expand as sweep_expand
+from kd_lightning.sweeps.__main__ import main as sweeps_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ def test_sweep_file_is_a_wandb_grid_sweep(table):
     assert config["metric"] == {"name": "student/test_acc", "goal": "maximize"}
     command = config["command"]
     # W&B's macros: env, interpreter, program first; the agent's arguments last, after the fixed ones.
-    assert command[:5] == ["${env}", "${interpreter}", "-m", "kd_lightning.ablations", "sweep"]
+    assert command[:4] == ["${env}", "${interpreter}", "-m", "kd_lightning.sweeps"]
     assert command[-1] == "${args}"
     assert f"--table={table}" in command
     for name in config["parameters"]:
@@ -126,8 +127,8 @@ def test_every_agent_command_puts_the_swept_value_where_it_belongs():
         assert len(swept) == 1
         assert len(commands) == len(table_rows) * len(config["parameters"]["seed_everything"]["values"]), engine
         for argv in commands:
-            assert argv[:5] == ["/usr/bin/env", "python", "-m", "kd_lightning.ablations", "sweep"]
-            assert argv[5:7] == [f"--table={table}", "--data=synthetic"]  # fixed arguments before the agent's
+            assert argv[:4] == ["/usr/bin/env", "python", "-m", "kd_lightning.sweeps"]
+            assert argv[4:6] == [f"--table={table}", "--data=synthetic"]  # fixed arguments before the agent's
             # The swept value lands in the teacher; the student's config (seed, teacher checkpoint) is checked on the
             # first run of each table only, to keep the test short (each command is a fresh process: ~5 s).
             jobs.append((table, argv, "both" if argv is commands[0] else "teacher"))
@@ -189,11 +190,11 @@ def test_table_d_agents_train_each_student_method_from_each_teacher():
 
 
 def test_full_scale_sweep_files_fix_their_arguments_before_the_agents(tmp_path):
-    code = sweep.main(["--write", "--data=cifar100", "--seeds", "0", "1", "2", "--pair=wrn_40_2->wrn_16_2",
+    code = sweeps_main(["--write", "--data=cifar100", "--seeds", "0", "1", "2", "--pair=wrn_40_2->wrn_16_2",
                        "--epochs=240", f"--out={tmp_path}"])
     assert code == 0
     config = yaml.safe_load((tmp_path / "lambda.yaml").read_text())
-    assert config["command"][5:] == ["--table=lambda", "--data=cifar100", "--pair=wrn_40_2->wrn_16_2", "--epochs=240",
+    assert config["command"][4:] == ["--table=lambda", "--data=cifar100", "--pair=wrn_40_2->wrn_16_2", "--epochs=240",
                                      "${args}"]
     _, commands = sweep_expand.expand(config)
     assert len(commands) == 15

@@ -18,7 +18,7 @@ from typing import Optional
 import pytest
 
 from kd_lightning.ablations.__main__ import main as ablations_main
-from kd_lightning import identity, stats
+from kd_lightning import fit_parser as identity, stats
 from kd_lightning.ablations.grid import local as runner, recipe, runs, spec
 from kd_lightning.ablations.grid.store import RESULTS_FILE, RunState, RunStore, read_json
 from kd_lightning.ablations.report.tables import build

@@ -17,12 +17,11 @@ from kd_lightning.ablations.grid.local import run_jobs
 from kd_lightning.ablations.grid.migrate import migrate
 from kd_lightning.ablations.grid.recipe import Recipe, add_recipe_options, recipe_of
 from kd_lightning.ablations.grid.runs import grid_jobs, unique
-from kd_lightning.ablations.grid.spec import ABLATIONS, MARGIN_SPACES, ROOT, Table, table_names, tables_of
+from kd_lightning.ablations.grid.spec import ABLATIONS, ROOT, Table, table_names, tables_of
 from kd_lightning.ablations.grid.store import RunStore
 from kd_lightning.ablations.report import seeds_needed
 from kd_lightning.ablations.report.tables import build
-from kd_lightning.sweeps import agent, expand
-from kd_lightning.error_report import report_user_errors
+from kd_lightning.error_report import run_command
 from kd_lightning.exceptions import UserValueError
 
 
@@ -78,61 +77,37 @@ def parser() -> argparse.ArgumentParser:
                                   "with no run is skipped and named; exit 0 when one was built)"),
                        ("status", "print one line per run"),
                        ("seeds-needed", "the seeds per row that detect --effect Δ (points) with 80%% power"),
-                       ("migrate", "move runs of the old layout into the run store under --runs"),
-                       ("sweep", "the W&B sweep program (`sweep --write`: configs/sweeps/; see `sweep --help`)")):
-        # The sweep agent's swept values (`--model.KEY=VALUE`, `--student=dkd`) are not options: no abbreviations.
-        sub = commands.add_parser(name, help=what, description=agent.__doc__ if name == "sweep" else None,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=name != "sweep")
+                       ("migrate", "move runs of the old layout into the run store under --runs")):
+        sub = commands.add_parser(name, help=what)
         add_recipe_options(sub)
         if name == "migrate":
             sub.add_argument("old", help="the old runs folder (<data>/<teacher run>/seed<k>/<stage>)")
             continue
-        if name == "sweep":
-            agent.add_options(sub)
-        else:
-            sub.add_argument("tables", nargs="+" if name != "seeds-needed" else "*", default=["all"],
-                             help=" | ".join(table_names()) + " | all")
-            sub.add_argument("--dry-run", action="store_true", help="print what would run or be built, do nothing")
+        sub.add_argument("tables", nargs="+" if name != "seeds-needed" else "*", default=["all"],
+                         help=" | ".join(table_names()) + " | all")
+        sub.add_argument("--dry-run", action="store_true", help="print what would run or be built, do nothing")
         sub.add_argument("--seeds", type=int, nargs="+", default=None if name in ("build", "seeds-needed") else [0],
                          help="run: the seeds to train (default 0); build: the seeds to build (default: every "
-                              "seed found under --runs); sweep --write: the seed_everything values")
-        sub.add_argument("--margin_space", default="prob", choices=MARGIN_SPACES if name == "sweep" else None,
-                         help="prob | logit (tables that declare margin_space)")
-        sub.add_argument("--out", default=str(agent.SWEEPS if name == "sweep" else ROOT / "results"),
-                         help="folder of the built tables (sweep --write: of the sweep files)")
+                              "seed found under --runs)")
+        sub.add_argument("--margin_space", default="prob", help="prob | logit (tables that declare margin_space)")
+        sub.add_argument("--out", default=str(ROOT / "results"), help="folder of the built tables")
         if name == "run":
             sub.add_argument("--jobs", type=int, default=1, help="runs trained at once (each gets cores / jobs "
                              "threads and GPUs / jobs GPUs); a student waits for its teacher")
             slurm.add_launcher_options(sub)
         if name == "seeds-needed":
             sub.add_argument("--effect", type=float, required=True, help="the true Δ to detect, in points")
-    sub = commands.add_parser("expand", help="the commands a sweep file's agents would run")
-    sub.add_argument("files", nargs="*", help="sweep files (default: configs/sweeps/*.yaml)")
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    cli = parser()
-    ns, extra = cli.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if extra and ns.command != "sweep":  # the sweep agent's own arguments follow the program's
-        cli.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        # A user's mistake (KDLightningError): one line and exit code 2; anything else: its traceback and a line
-        # saying it is a bug to report (kd_lightning/error_report.py).
-        with report_user_errors("sweep" if ns.command == "sweep" else "ablations", code=2):
-            return _run(ns, extra)
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    except KeyboardInterrupt:
-        sys.stderr.write("ablations: interrupted; run the same command again to resume\n")
-        return 130
+    ns = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    # A user's mistake (KDLightningError): one line and exit code 2; anything else: its traceback and a line saying
+    # it is a bug to report (kd_lightning/error_report.py).
+    return run_command("ablations", lambda: _run(ns))
 
 
-def _run(ns: argparse.Namespace, extra: list[str]) -> int:
-    if ns.command == "expand":
-        return expand.main(ns.files)
-    if ns.command == "sweep":
-        return agent.run(ns, extra)
+def _run(ns: argparse.Namespace) -> int:
     recipe, store = recipe_of(ns), RunStore(ns.runs)
     if ns.command == "migrate":
         return migrate(Path(ns.old), recipe, store, Path(ns.ablations))

@@ -70,19 +70,19 @@ def sweep_text(table: Table, seeds: list[int], data: str = "synthetic", fixed: O
     rows = table.students if len(table.students) > 1 else table.teachers
     header = [
         f"# W&B sweep of the {table.name} table: one agent run per row and seed (the teacher, then its student).",
-        f"# Written by `make sweeps` (python -m kd_lightning.ablations sweep --write) from configs/ablations/"
+        f"# Written by `make sweeps` (python -m kd_lightning.sweeps --write) from configs/ablations/"
         f"{table.name}/:",
         "# edit the rows, not this file. Run it from the repository root with the venv active (agents run `python`):",
         f"#   wandb sweep configs/sweeps/{table.name}.yaml && wandb agent <entity>/<project>/<sweep id>",
-        "# Full scale: python -m kd_lightning.ablations sweep --write --data=cifar100 --seeds 0 1 2 [--pair=T->S",
+        "# Full scale: python -m kd_lightning.sweeps --write --data=cifar100 --seeds 0 1 2 [--pair=T->S",
         "# --epochs=N --devices=N] --out=<folder> writes these sweeps with those arguments fixed before ${args}.",
         "# Rows: " + "; ".join(f"{r.name} = {r.label}" for r in rows),
     ]
-    config = {"program": "kd_lightning/ablations/__main__.py", "name": f"kd-lightning {table.name} table ({data})",
+    config = {"program": "kd_lightning/sweeps/__main__.py", "name": f"kd-lightning {table.name} table ({data})",
               "project": PROJECT, "method": "grid", "metric": {"name": "student/test_acc", "goal": "maximize"},
               "parameters": {"seed_everything": {"values": list(seeds)},
                              **{k: {"values": v} for k, v in sweep_parameters(table).items()}},
-              "command": ["${env}", "${interpreter}", "-m", "kd_lightning.ablations", "sweep", f"--table={table.name}",
+              "command": ["${env}", "${interpreter}", "-m", "kd_lightning.sweeps", f"--table={table.name}",
                           f"--data={data}", *(fixed or []), "${args}"]}
     return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=120)
 
@@ -128,25 +128,9 @@ def agent_jobs(table: Table, recipe: Recipe, extra: list[str], seed: int) -> tup
     return row, [teacher, student_job(recipe, teacher, seed, student)]
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
-    """The `sweep` command's own options (the recipe's and --seeds, --margin_space, --out are the runner's)."""
-    parser.add_argument("--write", action="store_true", help="write configs/sweeps/<table>.yaml from the tables "
-                        "(with --data, --pair, --epochs, --devices, --args fixed in their command)")
-    parser.add_argument("--table", help="the table of the agent's run")
-    parser.add_argument("--seed_everything", type=int, default=0)
-    parser.add_argument("--print_config", nargs="?", const="both", choices=("teacher", "student", "both"),
-                        help="print the teacher's and the student's configs (or one of them), run nothing")
-
-
-def main(argv: list[str]) -> int:
-    from kd_lightning.ablations.__main__ import main
-
-    return main(["sweep", *argv])
-
-
 def run(ns: argparse.Namespace, extra: list[str]) -> int:
-    """The `sweep` command: write the sweep files (--write), or train one agent's row and seed (`extra`: its swept
-    values) inside one W&B run, which gets their numbers (student/test_acc is the sweep metric)."""
+    """The sweep program (__main__.py): write the sweep files (--write), or train one agent's row and seed (`extra`:
+    its swept values) inside one W&B run, which gets their numbers (student/test_acc is the sweep metric)."""
     if ns.write:
         fixed = [f"--{name}={getattr(ns, name)}" for name in ("pair", "epochs", "devices", "args", "student_args")
                  if getattr(ns, name)]

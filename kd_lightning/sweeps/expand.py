@@ -1,10 +1,13 @@
-"""Expand a W&B grid sweep file offline into the commands its agents would run (`expand configs/sweeps/margin.yaml`):
+"""Expand a W&B grid sweep file offline into the commands its agents would run
+(`python -m kd_lightning.sweeps.expand configs/sweeps/margin.yaml`; no file: every configs/sweeps/*.yaml):
 the Cartesian product of the values (tests/test_sweeps.py checks it against W&B's own sweep engine, which pins
 numpy<2 and so cannot be imported here), each made a command as wandb's agent builds it."""
 from __future__ import annotations
 
+import argparse
 import itertools
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +58,10 @@ def main(paths: list[str]) -> int:
         for command in commands:
             print(shlex.join(command))
     return 0
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(prog="python -m kd_lightning.sweeps.expand", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("files", nargs="*", help="sweep files (default: configs/sweeps/*.yaml)")
+    sys.exit(main(cli.parse_args().files))

@@ -18,7 +18,7 @@ from kd_lightning.ablations.grid.runs import Job
 from kd_lightning.ablations.grid.spec import ROOT
 from kd_lightning.ablations.grid.store import LOG_FILE, RunState, RunStore
 from kd_lightning.exceptions import UserValueError
-from kd_lightning.identity import identity
+from kd_lightning.fit_parser import identity
 from kd_lightning.utils.hardware import usable_cpus, visible_gpus
 from kd_lightning.utils.run_lock import HELD_BY_PARENT_ENV, LOCK_FILE, RunBusy, run_lock
 
@@ -101,7 +101,7 @@ def job_command(job: Job, recipe: Recipe, store: RunStore, resume: bool = False)
 
 
 def expected_identity(job: Job, recipe: Recipe, store: RunStore) -> dict:
-    """The job's canonical resolved config (kd_lightning/identity.py); bad input raises RowError naming the run."""
+    """The job's canonical resolved config (kd_lightning/fit_parser.py); bad input raises RowError naming the run."""
     return identity(fit_args(job_command(job, recipe, store)), f"run {job.key}")
 
 

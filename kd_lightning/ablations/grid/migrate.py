@@ -10,7 +10,7 @@ from kd_lightning.ablations.grid.recipe import Recipe
 from kd_lightning.ablations.grid.runs import alone_job, grid_jobs, unique
 from kd_lightning.ablations.grid.spec import MARGIN_SPACES, tables_of
 from kd_lightning.ablations.grid.store import RECIPE_FILE, RunStore, legacy_dir, read_json, seed_folders
-from kd_lightning.identity import differences, identity
+from kd_lightning.fit_parser import differences, identity
 
 
 def migrate(old: Path, recipe: Recipe, store: RunStore, ablations: Path) -> int:

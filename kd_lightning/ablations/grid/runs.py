@@ -12,7 +12,8 @@ from typing import Any, Optional
 from kd_lightning.ablations.grid.recipe import Recipe, fit_args
 from kd_lightning.ablations.grid.spec import ROOT, Row, Table, rel
 from kd_lightning.ablations.grid.store import relative_dir
-from kd_lightning.identity import digest, identity, seedless_identity
+from kd_lightning.fit_parser import identity, seedless_identity
+from kd_lightning.identity import digest
 
 PAPER = "paper"
 PLAIN_CE = "plain_ce"

@@ -116,7 +116,7 @@ class RunStore:
 
     def check_recipe(self, job: "Job", expected: dict, action: str) -> None:
         """StaleRunError when the run's recorded config differs from `expected` (no record: nothing to check)."""
-        from kd_lightning.identity import differences
+        from kd_lightning.fit_parser import differences
 
         run_dir = self.dir(job)
         recorded = read_json(run_dir / RECIPE_FILE)
