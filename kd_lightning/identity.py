@@ -137,4 +137,3 @@ def run_identity(namespace: Any, defaults: Callable[[], dict]) -> dict:
 def digest(config: dict) -> str:
     """The short hash of a canonical identity (the run folder's suffix and results.json's config_digest)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
-

@@ -192,7 +192,8 @@ def kd_argv(text: str) -> list[str] | None:
     return None
 
 
-def ablations_argv(text: str, module: str = "kd_lightning.ablations") -> list[str] | None:
+def module_argv(text: str, module: str = "kd_lightning.ablations") -> list[str] | None:
+    """The arguments after `-m MODULE` in a command, or None when it does not run that module."""
     words = shlex.split(text)
     for k in range(len(words) - 2):
         if words[k + 1:k + 3] == ["-m", module]:
@@ -250,9 +251,9 @@ def check(cmd: Command, tmp: Path) -> str:
     from kd_lightning.sweeps.__main__ import main as sweeps_main
 
     for text in _alternatives(cmd.text):
-        abl = ablations_argv(text)
-        sweeps = ablations_argv(text, "kd_lightning.sweeps")
-        files = ablations_argv(text, "kd_lightning.sweeps.expand")
+        abl = module_argv(text)
+        sweeps = module_argv(text, "kd_lightning.sweeps")
+        files = module_argv(text, "kd_lightning.sweeps.expand")
         if sweeps is not None:
             if "--write" in sweeps:
                 sweeps = [w for w in sweeps if not w.startswith("--out")] + [f"--out={tmp / 'sweeps'}"]
@@ -275,7 +276,7 @@ def check(cmd: Command, tmp: Path) -> str:
             code, out = proc.returncode, proc.stdout + proc.stderr
             lines = [ln for ln in proc.stdout.replace("\\\n", " ").splitlines() if "-m kd_lightning.ablations " in ln]
             # $seed of a shell loop (make proxy) has no value before the shell runs it: make -n is all there is.
-            abl = ablations_argv(lines[0]) if code == 0 and len(lines) == 1 and "$" not in lines[0] else None
+            abl = module_argv(lines[0]) if code == 0 and len(lines) == 1 and "$" not in lines[0] else None
             if abl and abl[0] in ("run", "build"):  # and what make would run, as a dry run: its recipe resolves
                 key = tuple(abl)
                 if key not in _DRY_RUNS:  # many docs name the same command

@@ -208,6 +208,23 @@ def test_full_scale_sweep_files_fix_their_arguments_before_the_agents(tmp_path):
                      teacher["trainer"]["default_root_dir"])
 
 
+def test_expand_names_a_bad_sweep_file_in_one_line(tmp_path):
+    """`python -m kd_lightning.sweeps.expand FILE` with a missing, broken or non-grid file: exit 2 and one line that
+    names the file or the problem, no traceback."""
+    (tmp_path / "broken.yaml").write_text("parameters: [\n")
+    (tmp_path / "random.yaml").write_text("method: random\nparameters: {lr: {values: [1, 2]}}\n")
+    cases = {"missing.yaml": "sweep file {}: No such file or directory",
+             "broken.yaml": "sweep file {} is not valid YAML: line 2, column 1",
+             "random.yaml": "only grid sweeps expand to a fixed list of runs; got method 'random'"}
+    for name, message in cases.items():
+        path = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "kd_lightning.sweeps.expand", str(path)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"expand: error: {message.format(path)}"), proc.stderr
+
+
 def test_values_map_back_to_rows():
     lam = spec.load_table("lambda")
     # W&B's backend may hand 0.0 back as 0: still the λ = 0 row.

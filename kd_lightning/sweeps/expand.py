@@ -14,7 +14,9 @@ from typing import Any
 import yaml
 
 from kd_lightning.ablations.grid.spec import ROOT
-from kd_lightning.exceptions import UserValueError
+from kd_lightning.error_report import run_command
+from kd_lightning.exceptions import ConfigFileError, UserFileError, UserValueError
+from kd_lightning.utils.config_files import describe_yaml_error
 
 AGENT_ENV = "/usr/bin/env"
 AGENT_INTERPRETER = "python"
@@ -51,9 +53,24 @@ def expand(config: dict) -> tuple[str, list[list[str]]]:
     return engine, [agent_command(config, params) for params in runs]
 
 
+def load(path: str) -> dict:
+    """A sweep file as a mapping; a missing, unreadable or malformed file is one user error naming it."""
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserFileError(f"sweep file {path}: {err.strerror}; the committed ones are configs/sweeps/*.yaml"
+                            ) from None
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        detail = describe_yaml_error(err) if isinstance(err, yaml.YAMLError) else "not UTF-8 text"
+        raise ConfigFileError(f"sweep file {path} is not valid YAML: {detail}; fix the file") from None
+    if not isinstance(config, dict) or not isinstance(config.get("parameters"), dict):
+        raise UserValueError(f"sweep file {path} is not a W&B sweep: it needs a `parameters:` mapping")
+    return config
+
+
 def main(paths: list[str]) -> int:
     for path in paths or sorted(str(p) for p in (ROOT / "configs" / "sweeps").glob("*.yaml")):
-        engine, commands = expand(yaml.safe_load(Path(path).read_text()))
+        engine, commands = expand(load(path))
         print(f"# {path}: {len(commands)} runs (grid: {engine})")
         for command in commands:
             print(shlex.join(command))
@@ -64,4 +81,5 @@ if __name__ == "__main__":
     cli = argparse.ArgumentParser(prog="python -m kd_lightning.sweeps.expand", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("files", nargs="*", help="sweep files (default: configs/sweeps/*.yaml)")
-    sys.exit(main(cli.parse_args().files))
+    files = cli.parse_args().files
+    sys.exit(run_command("expand", lambda: main(files)))

@@ -212,10 +212,7 @@ def differences_section(rows: pd.DataFrame, deltas: dict) -> list[str]:
             # its "seeds paired" cell is empty, and written "| |" as it always has been
             lines.append([r.label, *["baseline"] * (len(DIFFERENCES) - 1), "baseline |"])
             continue
-        base = rows.loc[r.base]
-        # No seed to pair: say why (the row's or the baseline's state), never a number.
-        cells = [d.text(scale, digits) if d.n else r[f"{stage}_status"] if not r[f"{stage}_seeds_complete"]
-                 else f"baseline {base[f'{stage}_status']}" if not base[f"{stage}_seeds_complete"] else "no common seed"
+        cells = [d.text(scale, digits) if d.n else _unpaired(r, rows.loc[r.base], stage)
                  for d, (_, stage, _, scale, digits) in zip(deltas[cell], DIFFERENCES)]
         lines.append([r.label, *cells, str(max(d.n for d in deltas[cell]))])
     out += md_table(["row", *(f"Δ {c[0]}" for c in DIFFERENCES), "seeds paired"], lines)
@@ -225,6 +222,15 @@ def differences_section(rows: pd.DataFrame, deltas: dict) -> list[str]:
     name, _, _, scale, digits = DIFFERENCES[0]
     verdicts = [f"- {rows.label[cell]}: {d[0].verdict(scale, digits)}" for cell, d in deltas.items() if d[0] and d[0].n]
     return out + ([f"What Δ {name} shows, row by row:", "", *verdicts, ""] if verdicts else [])
+
+
+def _unpaired(row: pd.Series, base: pd.Series, stage: str) -> str:
+    """Why a Δ has no seed to pair, never a number: the row's state, the baseline's, or no seed they share."""
+    if not row[f"{stage}_seeds_complete"]:
+        return row[f"{stage}_status"]
+    if not base[f"{stage}_seeds_complete"]:
+        return f"baseline {base[f'{stage}_status']}"
+    return "no common seed"
 
 
 def published_section(frame: pd.DataFrame, rows: pd.DataFrame, data: str, students: dict) -> list[str]:
@@ -259,8 +265,8 @@ def published_section(frame: pd.DataFrame, rows: pd.DataFrame, data: str, studen
                      "published epoch", "source"], lines)
     out += ["", "Ours: the best-epoch weights' test accuracy (highest val/acc), mean ± sample std over seeds; the "
             "published figures are the best test accuracy over training where the source says so "
-            "(\"published epoch\"). Our recipe is this framework's (docs/method.md), not the source's code: a difference "
-            "of a few tenths is within the run-to-run spread the sources report."]
+            "(\"published epoch\"). Our recipe is this framework's (docs/method.md), not the source's code: a "
+            "difference of a few tenths is within the run-to-run spread the sources report."]
     return out + [f"Differs from the paper: {note}." for note in sorted(notes)] + [""]
 
 
